@@ -1,0 +1,8 @@
+//! The endpoints, one function each, grouped by what they act on. Each takes
+//! typed parameters from `http::request::Params`, calls the hub, and shapes
+//! the JSON answer; rules about state live in the hub, not here.
+
+pub mod conversations;
+pub mod publish;
+pub mod session;
+pub mod status;

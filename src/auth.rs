@@ -1,0 +1,123 @@
+//! Secrets: client tokens and password hashes.
+//!
+//! Tokens are 160 bits from the operating system's CSPRNG, hex-encoded: far
+//! past guessing. Passwords are hashed with argon2id (the `argon2` crate's
+//! default parameters, a fresh 128-bit salt per account) and only the PHC
+//! string is stored. Hashing is deliberately slow, so it runs on the blocking
+//! pool behind a semaphore: a burst of /join queues instead of stalling the
+//! async workers or exhausting memory.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use tokio::sync::Semaphore;
+
+use crate::config::MAX_CONCURRENT_PASSWORD_HASHES;
+
+const TOKEN_BYTES: usize = 20;
+
+/// A new unguessable client token (40 hex characters).
+pub fn new_token() -> String {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    getrandom::getrandom(&mut bytes).expect("the OS random source is available");
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Hashes and verifies passwords off the async workers, a few at a time.
+#[derive(Debug)]
+pub struct PasswordHasherPool {
+    permits: Semaphore,
+    /// Cost of new hashes; verification uses the parameters in the hash.
+    params: Params,
+}
+
+impl PasswordHasherPool {
+    /// A pool hashing with `memory_kib` KiB and `iterations` passes
+    /// (out-of-range values fall back to argon2's defaults).
+    pub fn new(memory_kib: u32, iterations: u32) -> PasswordHasherPool {
+        let params = Params::new(memory_kib, iterations, 1, None).unwrap_or_else(|error| {
+            tracing::warn!(%error, "invalid argon2 parameters; using the defaults");
+            Params::default()
+        });
+        PasswordHasherPool {
+            permits: Semaphore::new(MAX_CONCURRENT_PASSWORD_HASHES),
+            params,
+        }
+    }
+
+    /// The PHC string (`$argon2id$v=19$...`) for a new account's password.
+    pub async fn hash(&self, password: &str) -> String {
+        let password = password.to_owned();
+        let params = self.params.clone();
+        self.run(move || hash_password(&password, params)).await
+    }
+
+    /// Whether `password` matches a stored PHC string.
+    pub async fn verify(&self, password: &str, stored_hash: &str) -> bool {
+        let password = password.to_owned();
+        let stored_hash = stored_hash.to_owned();
+        self.run(move || verify_password(&password, &stored_hash))
+            .await
+    }
+
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> T {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("the hashing semaphore is never closed");
+        tokio::task::spawn_blocking(work)
+            .await
+            .expect("password hashing does not panic")
+    }
+}
+
+fn hash_password(password: &str, params: Params) -> String {
+    let mut salt = [0u8; 16];
+    getrandom::getrandom(&mut salt).expect("the OS random source is available");
+    let salt = SaltString::encode_b64(&salt).expect("16 bytes is a valid salt length");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password(password.as_bytes(), &salt)
+        .expect("argon2 accepts any password up to 2^32 bytes")
+        .to_string()
+}
+
+fn verify_password(password: &str, stored_hash: &str) -> bool {
+    match PasswordHash::new(stored_hash) {
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+        Err(error) => {
+            tracing::error!(%error, "stored password hash is unreadable");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_long_and_distinct() {
+        let (a, b) = (new_token(), new_token());
+        assert_eq!(a.len(), 40);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn hashes_are_salted_argon2id_and_verify() {
+        let first = hash_password("hunter2", Params::default());
+        let second = hash_password("hunter2", Params::default());
+        assert!(first.starts_with("$argon2id$"));
+        assert!(!first.contains("hunter2"));
+        assert_ne!(first, second, "a fresh salt per hash");
+        assert!(verify_password("hunter2", &first));
+        assert!(!verify_password("hunter3", &first));
+        assert!(!verify_password("hunter2", "not a hash"));
+        // A cheap hash (as tests use) still verifies with its own parameters.
+        let cheap = hash_password("pw", Params::new(8, 1, 1, None).unwrap());
+        assert!(cheap.contains("m=8,t=1"));
+        assert!(verify_password("pw", &cheap));
+    }
+}

@@ -1,0 +1,172 @@
+//! Runtime configuration: the command-line flags (each also readable from a
+//! `PARLOR_<NAME>` environment variable), their defaults, and the fixed
+//! bounds that are not worth a flag. Every limit the server enforces is named
+//! here so an operator can find what happens at each bound in one place.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Longest a parked poll is held before it is answered empty. 25 s stays under
+/// the 30 s idle limit common in proxies and load balancers.
+pub const DEFAULT_POLL_TIMEOUT: &str = "25s";
+/// A client process with no poll parked that has not polled for this long is swept.
+pub const DEFAULT_INACTIVITY_TIMEOUT: &str = "30s";
+
+/// Largest request body read; a bigger `Content-Length` is refused with 413
+/// before any of the body is read.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// hyper's read buffer bound, which bounds the request line plus headers
+/// (hyper answers 431 past it).
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// A body must arrive within this long once the headers are in, so a client
+/// trickling its body cannot hold a connection (and its task) forever.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Events per user mailbox. Older events are dropped; a client whose cursor
+/// falls behind them gets 410 `cursor_expired` and resyncs.
+pub const MAILBOX_CAPACITY: usize = 4096;
+/// Most events answered by one poll; the rest come with the next poll.
+pub const MAX_EVENTS_PER_POLL: usize = 256;
+/// Presence changes copied into a mailbox per poll (see `hub::presence`).
+pub const PRESENCE_CHANGES_PER_POLL: usize = 256;
+
+/// User and room names: 1..=32 of ASCII letters, digits, `_`, `-`, `.`.
+pub const MAX_NAME_LEN: usize = 32;
+/// Passwords are 1..=256 bytes (argon2 hashes any length, but a bound keeps
+/// hashing cost per request fixed).
+pub const MAX_PASSWORD_BYTES: usize = 256;
+/// Message text: 1..=4096 bytes of UTF-8.
+pub const MAX_TEXT_BYTES: usize = 4096;
+/// `client_msg_id`: 1..=64 bytes.
+pub const MAX_CLIENT_MSG_ID_BYTES: usize = 64;
+/// Client processes one user may hold at once (tabs, scripts); the next /join
+/// gets 429 `too_many_clients` until one leaves or is swept.
+pub const MAX_CLIENTS_PER_USER: usize = 64;
+/// Rooms in existence; creating one more gets 429 `too_many_rooms`.
+pub const MAX_ROOMS: usize = 10_000;
+/// History page size default and cap.
+pub const DEFAULT_HISTORY_LIMIT: usize = 50;
+pub const MAX_HISTORY_LIMIT: usize = 200;
+/// Users named by one /api/publish call.
+pub const MAX_PUBLISH_USERS: usize = 10_000;
+/// Password hashes computed at once. Argon2 costs ~19 MiB and tens of ms
+/// each, so a burst of /join must queue rather than exhaust memory and CPU.
+pub const MAX_CONCURRENT_PASSWORD_HASHES: usize = 4;
+
+/// parlor: a long-polling Comet chat and notification server.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "parlor", version, about)]
+pub struct Config {
+    /// Address to listen on (use port 0 for any free port; the bound address is printed).
+    #[arg(long, env = "PARLOR_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory of the durable store.
+    #[arg(long, env = "PARLOR_DATA_DIR", default_value = "./parlor-data")]
+    pub data_dir: PathBuf,
+
+    /// Keep everything in memory; nothing is written to disk.
+    #[arg(long, env = "PARLOR_EPHEMERAL")]
+    pub ephemeral: bool,
+
+    /// Longest a poll is held when nothing arrives (e.g. 500ms, 25s, 2m).
+    #[arg(long, env = "PARLOR_POLL_TIMEOUT", default_value = DEFAULT_POLL_TIMEOUT, value_parser = parse_duration)]
+    pub poll_timeout: Duration,
+
+    /// A client process that has not polled for this long is removed.
+    #[arg(long, env = "PARLOR_INACTIVITY_TIMEOUT", default_value = DEFAULT_INACTIVITY_TIMEOUT, value_parser = parse_duration)]
+    pub inactivity_timeout: Duration,
+
+    /// Bearer token that enables POST /api/publish (disabled when unset).
+    #[arg(long, env = "PARLOR_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Directory of the browser client's static files.
+    #[arg(long, env = "PARLOR_PUBLIC_DIR", default_value_os_t = default_public_dir())]
+    pub public_dir: PathBuf,
+
+    /// Most open connections; further connections wait in the kernel's accept queue.
+    #[arg(long, env = "PARLOR_MAX_CONNECTIONS", default_value_t = 16_384)]
+    pub max_connections: usize,
+
+    /// Argon2id memory cost in KiB for new password hashes (OWASP's 19 MiB by
+    /// default). Stored hashes carry their own parameters, so changing this
+    /// never locks anyone out. Lowered only by test suites.
+    #[arg(long, env = "PARLOR_ARGON2_MEMORY_KIB", default_value_t = 19 * 1024, hide = true)]
+    pub argon2_memory_kib: u32,
+
+    /// Argon2id passes for new password hashes.
+    #[arg(
+        long,
+        env = "PARLOR_ARGON2_ITERATIONS",
+        default_value_t = 2,
+        hide = true
+    )]
+    pub argon2_iterations: u32,
+
+    /// A connection must send a request's headers within this long, or it is closed.
+    #[arg(long, env = "PARLOR_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults suited to tests and embedding: an ephemeral store on any free port.
+    pub fn for_tests() -> Config {
+        Config::parse_from(["parlor", "--listen", "127.0.0.1:0", "--ephemeral"])
+    }
+}
+
+/// `public/` next to Cargo.toml when run from a checkout, else `./public`.
+fn default_public_dir() -> PathBuf {
+    let beside_manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("public");
+    if beside_manifest.is_dir() {
+        beside_manifest
+    } else {
+        PathBuf::from("public")
+    }
+}
+
+/// Parses `500ms`, `25s`, `2m`, `1h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let amount: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 500ms, 25s or 2m"))?;
+    let millis = match unit.trim() {
+        "ms" => Some(amount),
+        "" | "s" => amount.checked_mul(1_000),
+        "m" => amount.checked_mul(60_000),
+        "h" => amount.checked_mul(3_600_000),
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` (use ms, s, m or h)"
+            ))
+        }
+    };
+    millis
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("duration `{text}` is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("25s"), Ok(Duration::from_secs(25)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5 days").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
+    }
+}

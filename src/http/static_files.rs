@@ -1,0 +1,131 @@
+//! The browser client's files, served from the public directory.
+//!
+//! A request path is accepted only as plain segments of letters, digits,
+//! `_`, `-` and `.` (no `..`, no hidden files, no backslashes or encoded
+//! slashes), and the file found is checked, after resolving symlinks, to lie
+//! inside the public directory: nothing outside it is ever served. HTML is
+//! revalidated on every load (`no-cache`) so a deploy reaches browsers at
+//! once; scripts and styles may be cached briefly.
+
+use std::path::{Path, PathBuf};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
+use hyper::{Method, Response, StatusCode};
+
+use super::response::Body;
+use crate::error::{ApiError, ApiResult};
+
+/// Longest request path considered for a static file.
+const MAX_STATIC_PATH: usize = 256;
+/// Largest file served (the client's files are a few KiB).
+const MAX_STATIC_FILE: u64 = 4 * 1024 * 1024;
+
+pub async fn serve(public_dir: &Path, method: &Method, path: &str) -> ApiResult<Response<Body>> {
+    let relative = safe_relative_path(path).ok_or_else(not_found)?;
+    let root = tokio::fs::canonicalize(public_dir)
+        .await
+        .map_err(|_| not_found())?;
+    let file = tokio::fs::canonicalize(root.join(&relative))
+        .await
+        .map_err(|_| not_found())?;
+    if !file.starts_with(&root) {
+        return Err(not_found());
+    }
+    let metadata = tokio::fs::metadata(&file).await.map_err(|_| not_found())?;
+    if !metadata.is_file() || metadata.len() > MAX_STATIC_FILE {
+        return Err(not_found());
+    }
+    let content = if method == Method::HEAD {
+        Vec::new()
+    } else {
+        tokio::fs::read(&file).await.map_err(|_| not_found())?
+    };
+
+    let (content_type, cache) = content_type_and_caching(&file);
+    let mut response = Response::new(Full::new(Bytes::from(content)));
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static(cache));
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    Ok(response)
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such file or endpoint",
+    )
+}
+
+/// `/` → `index.html`; `/css/app.css` → `css/app.css`; anything with an
+/// unexpected character, an empty, hidden or `..` segment → None.
+fn safe_relative_path(path: &str) -> Option<PathBuf> {
+    if path.len() > MAX_STATIC_PATH || !path.starts_with('/') {
+        return None;
+    }
+    let trimmed = &path[1..];
+    if trimmed.is_empty() {
+        return Some(PathBuf::from("index.html"));
+    }
+    let mut relative = PathBuf::new();
+    for segment in trimmed.split('/') {
+        let plain = !segment.is_empty()
+            && !segment.starts_with('.')
+            && segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !plain {
+            return None;
+        }
+        relative.push(segment);
+    }
+    Some(relative)
+}
+
+fn content_type_and_caching(file: &Path) -> (&'static str, &'static str) {
+    const REVALIDATE: &str = "no-cache";
+    const SHORT: &str = "public, max-age=300";
+    let extension = file.extension().and_then(|e| e.to_str()).unwrap_or("");
+    match extension {
+        "html" | "htm" => ("text/html; charset=utf-8", REVALIDATE),
+        "js" => ("text/javascript; charset=utf-8", SHORT),
+        "css" => ("text/css; charset=utf-8", SHORT),
+        "json" => ("application/json; charset=utf-8", SHORT),
+        "png" => ("image/png", SHORT),
+        "svg" => ("image/svg+xml", SHORT),
+        "ico" => ("image/x-icon", SHORT),
+        "txt" => ("text/plain; charset=utf-8", SHORT),
+        _ => ("application/octet-stream", SHORT),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_paths_map_to_files() {
+        assert_eq!(safe_relative_path("/"), Some(PathBuf::from("index.html")));
+        assert_eq!(safe_relative_path("/app.js"), Some(PathBuf::from("app.js")));
+        assert_eq!(
+            safe_relative_path("/img/a-b_c.png"),
+            Some(PathBuf::from("img/a-b_c.png"))
+        );
+        for bad in [
+            "/../Cargo.toml",
+            "/a/../../etc/passwd",
+            "/.git/config",
+            "//etc/passwd",
+            "/a\\b",
+            "/%2e%2e/x",
+            "/a//b",
+            "relative",
+        ] {
+            assert_eq!(safe_relative_path(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Client processes (browser tabs, scripts): their tokens, their parked poll,
+//! and their place in the sweeper's idle queue.
+//!
+//! Invariant: every live client is either parked (a poll is waiting) or idle
+//! (it has a deadline in the idle queue), never both and never neither — so
+//! a client whose poll was woken and whose connection then vanished is still
+//! swept. Clients live in a slab; the public client id is a counter, so a
+//! reused slab slot can never be mistaken for the client that held it before.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use slab::Slab;
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+
+use super::sweeper::IdleQueue;
+use crate::auth;
+
+/// Why a parked poll is answered before its timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The mailbox has something new: read it.
+    Events,
+    /// A newer poll of the same client took over: answer empty.
+    Superseded,
+    /// The server is stopping: answer empty so the client re-polls elsewhere.
+    ShuttingDown,
+    /// The client was removed (/leave from another request).
+    ClientGone,
+}
+
+#[derive(Debug)]
+pub struct Client {
+    pub id: u64,
+    pub token: String,
+    pub user: String,
+    parked: Option<ParkedPoll>,
+    idle_deadline: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct ParkedPoll {
+    poll_id: u64,
+    wake: oneshot::Sender<Wake>,
+}
+
+/// A poll that was parked: wait on `woken`, and identify it to `unpark`.
+#[derive(Debug)]
+pub struct Parked {
+    pub key: usize,
+    pub client_id: u64,
+    pub poll_id: u64,
+    pub woken: oneshot::Receiver<Wake>,
+}
+
+#[derive(Debug)]
+pub struct Clients {
+    slab: Slab<Client>,
+    by_token: HashMap<String, usize>,
+    /// Slab keys of clients with a parked poll (woken all at once on a
+    /// presence change, without scanning idle clients).
+    parked: HashSet<usize>,
+    idle: IdleQueue,
+    /// Wakes the sweeper when a new earliest deadline appears. Notified with
+    /// the hub lock held: it is rare (the queue was empty or the deadline
+    /// jumps ahead of all others) and `notify_one` never blocks.
+    sweeper: Arc<Notify>,
+    inactivity_timeout: Duration,
+    last_client_id: u64,
+    last_poll_id: u64,
+}
+
+use std::collections::HashMap;
+
+impl Clients {
+    pub fn new(sweeper: Arc<Notify>, inactivity_timeout: Duration) -> Clients {
+        Clients {
+            slab: Slab::new(),
+            by_token: HashMap::new(),
+            parked: HashSet::new(),
+            idle: IdleQueue::default(),
+            sweeper,
+            inactivity_timeout,
+            last_client_id: 0,
+            last_poll_id: 0,
+        }
+    }
+
+    /// A new client of `user`, idle from `now`.
+    pub fn open(&mut self, user: &str, now: Instant) -> usize {
+        self.last_client_id += 1;
+        let token = auth::new_token();
+        let key = self.slab.insert(Client {
+            id: self.last_client_id,
+            token: token.clone(),
+            user: user.to_owned(),
+            parked: None,
+            idle_deadline: None,
+        });
+        self.by_token.insert(token, key);
+        self.mark_idle(key, now);
+        key
+    }
+
+    /// Removes a client; a poll it had parked is answered `ClientGone`.
+    pub fn close(&mut self, key: usize) -> Option<Client> {
+        let mut client = self.slab.try_remove(key)?;
+        self.by_token.remove(&client.token);
+        if let Some(deadline) = client.idle_deadline.take() {
+            self.idle.remove(deadline, key, client.id);
+        }
+        if let Some(parked) = client.parked.take() {
+            self.parked.remove(&key);
+            let _ = parked.wake.send(Wake::ClientGone);
+        }
+        Some(client)
+    }
+
+    pub fn key_of(&self, token: &str) -> Option<usize> {
+        self.by_token.get(token).copied()
+    }
+
+    pub fn get(&self, key: usize) -> Option<&Client> {
+        self.slab.get(key)
+    }
+
+    /// (Re)starts the client's inactivity countdown from `now`.
+    pub fn mark_idle(&mut self, key: usize, now: Instant) {
+        let Some(client) = self.slab.get_mut(key) else {
+            return;
+        };
+        if let Some(previous) = client.idle_deadline.take() {
+            self.idle.remove(previous, key, client.id);
+        }
+        let deadline = now + self.inactivity_timeout;
+        client.idle_deadline = Some(deadline);
+        if self.idle.insert(deadline, key, client.id) {
+            self.sweeper.notify_one();
+        }
+    }
+
+    /// Answers the client's parked poll, if any, with `wake`.
+    pub fn wake(&mut self, key: usize, wake: Wake, now: Instant) {
+        let Some(parked) = self.slab.get_mut(key).and_then(|c| c.parked.take()) else {
+            return;
+        };
+        self.parked.remove(&key);
+        self.mark_idle(key, now);
+        let _ = parked.wake.send(wake);
+    }
+
+    /// Answers the client's parked poll with `Superseded` (a newer poll came).
+    pub fn supersede(&mut self, key: usize, now: Instant) {
+        self.wake(key, Wake::Superseded, now);
+    }
+
+    /// Answers every parked poll.
+    pub fn wake_all(&mut self, wake: Wake, now: Instant) {
+        for key in std::mem::take(&mut self.parked) {
+            if let Some(parked) = self.slab.get_mut(key).and_then(|c| c.parked.take()) {
+                self.mark_idle(key, now);
+                let _ = parked.wake.send(wake);
+            }
+        }
+    }
+
+    /// Parks a poll for the client: it stops being idle until woken.
+    pub fn park(&mut self, key: usize) -> Option<Parked> {
+        self.last_poll_id += 1;
+        let poll_id = self.last_poll_id;
+        let client = self.slab.get_mut(key)?;
+        if let Some(deadline) = client.idle_deadline.take() {
+            self.idle.remove(deadline, key, client.id);
+        }
+        let (wake, woken) = oneshot::channel();
+        if let Some(older) = client.parked.replace(ParkedPoll { poll_id, wake }) {
+            let _ = older.wake.send(Wake::Superseded);
+        }
+        self.parked.insert(key);
+        Some(Parked {
+            key,
+            client_id: client.id,
+            poll_id,
+            woken,
+        })
+    }
+
+    /// Ends a parked poll that timed out or whose connection went away; the
+    /// client is idle from `now`. Does nothing if that poll was already woken.
+    pub fn unpark(&mut self, key: usize, client_id: u64, poll_id: u64, now: Instant) {
+        let Some(client) = self.slab.get_mut(key) else {
+            return;
+        };
+        let ours =
+            client.id == client_id && client.parked.as_ref().is_some_and(|p| p.poll_id == poll_id);
+        if ours {
+            client.parked = None;
+            self.parked.remove(&key);
+            self.mark_idle(key, now);
+        }
+    }
+
+    /// Idle clients whose deadline passed, removed from the idle queue (the
+    /// caller closes them).
+    pub fn pop_expired(&mut self, now: Instant) -> Vec<usize> {
+        let mut expired = Vec::new();
+        for (key, client_id) in self.idle.pop_expired(now) {
+            if let Some(client) = self.slab.get_mut(key) {
+                if client.id == client_id {
+                    client.idle_deadline = None;
+                    expired.push(key);
+                }
+            }
+        }
+        expired
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.idle.next_deadline()
+    }
+
+    pub fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.by_token.len()
+    }
+
+    pub fn parked(&self) -> usize {
+        self.parked.len()
+    }
+
+    pub fn idle(&self) -> usize {
+        self.idle.len()
+    }
+}

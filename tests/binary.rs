@@ -1,0 +1,382 @@
+//! The `parlor` binary as an operator runs it: flags, environment, the
+//! announced address, and shutdown on SIGTERM.
+//!
+//! Each test starts the real executable (`CARGO_BIN_EXE_parlor`) as a child
+//! process and talks to it over raw TCP. Children are killed if a test fails
+//! (`kill_on_drop`), and every wait is bounded so a broken build fails fast
+//! instead of hanging the suite.
+
+#![cfg(unix)] // SIGTERM is sent with kill(1)
+
+use std::net::SocketAddr;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, ChildStdout, Command};
+
+/// Longest any one step may take before the test fails. Generous: the
+/// machine is shared and a debug binary starts slowly under load.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A `parlor` command with no `PARLOR_*` settings inherited from whoever
+/// runs the tests, so only what a test sets applies.
+fn parlor() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_parlor"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("PARLOR_") {
+            command.env_remove(name);
+        }
+    }
+    command.env("RUST_LOG", "warn").kill_on_drop(true);
+    command
+}
+
+/// A running server process.
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+    /// Held so the child never writes to a closed pipe.
+    _stdout: BufReader<ChildStdout>,
+}
+
+/// Starts `parlor` with `args` and waits for its `listening on` line.
+async fn start(mut command: Command, args: &[&str]) -> Running {
+    let mut child = command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the parlor binary starts");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    let mut line = String::new();
+    tokio::time::timeout(PATIENCE, stdout.read_line(&mut line))
+        .await
+        .expect("parlor did not announce its address in time")
+        .expect("stdout is readable");
+    let addr = line
+        .trim_end()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line of stdout: {line:?}"))
+        .parse::<SocketAddr>()
+        .unwrap_or_else(|error| panic!("no address in {line:?}: {error}"));
+    Running {
+        child,
+        addr,
+        _stdout: stdout,
+    }
+}
+
+/// Runs `parlor` to completion (for flags that exit at once).
+async fn run_to_exit(mut command: Command, args: &[&str]) -> (ExitStatus, String, String) {
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let output = tokio::time::timeout(PATIENCE, command.output())
+        .await
+        .expect("parlor should exit at once")
+        .expect("the parlor binary runs");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// One HTTP/1.1 exchange on its own connection (`Connection: close`):
+/// returns the status and the body parsed as JSON.
+async fn http(addr: SocketAddr, method: &str, target: &str, form: Option<&str>) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect to parlor");
+    let body = form.unwrap_or("");
+    let request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    parse(&response)
+}
+
+fn parse(response: &[u8]) -> (u16, Value) {
+    let text = String::from_utf8_lossy(response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// Joins as `name` and returns the /join answer.
+async fn join(addr: SocketAddr, name: &str) -> Value {
+    let form = format!("name={name}&password=pw-{name}");
+    let (status, answer) = tokio::time::timeout(PATIENCE, http(addr, "POST", "/join", Some(&form)))
+        .await
+        .expect("/join answers");
+    assert_eq!(status, 200, "join: {answer}");
+    answer
+}
+
+fn kill_term(child: &Child) {
+    let pid = child.id().expect("the child is still running").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill(1) runs");
+    assert!(status.success(), "kill -TERM {pid} failed");
+}
+
+#[tokio::test]
+async fn announces_the_real_port_and_serves() {
+    let mut server = start(
+        parlor(),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--ephemeral",
+            "--poll-timeout",
+            "20s",
+        ],
+    )
+    .await;
+    assert!(server.addr.ip().is_loopback());
+    assert_ne!(
+        server.addr.port(),
+        0,
+        "the announced port must be the bound one"
+    );
+
+    let (status, body) = http(server.addr, "GET", "/healthz", None).await;
+    assert_eq!((status, body), (200, serde_json::json!({"status": "ok"})));
+    let joined = join(server.addr, "ann").await;
+    assert_eq!(joined["poll_timeout_ms"], 20_000);
+
+    server.child.start_kill().unwrap();
+    let _ = tokio::time::timeout(PATIENCE, server.child.wait()).await;
+}
+
+#[tokio::test]
+async fn help_lists_every_flag() {
+    let mut command = parlor();
+    command.env("PARLOR_ADMIN_TOKEN", "hunter2-do-not-print");
+    let (status, stdout, _) = run_to_exit(command, &["--help"]).await;
+    assert!(status.success(), "--help exits 0: {status}");
+    for flag in [
+        "--listen",
+        "--data-dir",
+        "--ephemeral",
+        "--poll-timeout",
+        "--inactivity-timeout",
+        "--admin-token",
+        "--public-dir",
+        "--max-connections",
+        "--header-timeout",
+        "--help",
+        "PARLOR_POLL_TIMEOUT",
+    ] {
+        assert!(
+            stdout.contains(flag),
+            "--help does not mention {flag}:\n{stdout}"
+        );
+    }
+    assert!(
+        !stdout.contains("hunter2-do-not-print"),
+        "--help printed the admin token from the environment:\n{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn bad_flags_exit_non_zero_with_a_reason() {
+    let (status, stdout, stderr) = run_to_exit(
+        parlor(),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--ephemeral",
+            "--poll-timeout",
+            "soon",
+        ],
+    )
+    .await;
+    assert!(!status.success(), "--poll-timeout soon must fail");
+    assert!(
+        !stdout.contains("listening on"),
+        "it started anyway: {stdout}"
+    );
+    assert!(
+        stderr.contains("--poll-timeout"),
+        "the message names the flag: {stderr}"
+    );
+    assert!(
+        stderr.contains("soon"),
+        "the message quotes the value: {stderr}"
+    );
+
+    let (status, _, stderr) = run_to_exit(parlor(), &["--listen", "nowhere", "--ephemeral"]).await;
+    assert!(!status.success(), "--listen nowhere must fail");
+    assert!(stderr.contains("--listen"), "{stderr}");
+
+    let (status, _, stderr) = run_to_exit(parlor(), &["--ephemeral", "--no-such-flag"]).await;
+    assert!(!status.success());
+    assert!(stderr.contains("--no-such-flag"), "{stderr}");
+
+    // The environment is checked as strictly as the flags.
+    let mut command = parlor();
+    command.env("PARLOR_POLL_TIMEOUT", "soon");
+    let (status, stdout, stderr) =
+        run_to_exit(command, &["--listen", "127.0.0.1:0", "--ephemeral"]).await;
+    assert!(!status.success(), "PARLOR_POLL_TIMEOUT=soon must fail");
+    assert!(!stdout.contains("listening on"));
+    assert!(stderr.contains("soon"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_taken_port_is_a_clear_startup_failure() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (status, stdout, stderr) = run_to_exit(parlor(), &["--listen", &addr, "--ephemeral"]).await;
+    assert!(!status.success(), "listening on a taken port must fail");
+    assert!(!stdout.contains("listening on"), "{stdout}");
+    assert!(
+        stderr.contains(&addr),
+        "the message names the address: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn the_environment_works_like_the_flags() {
+    let mut command = parlor();
+    command
+        .env("PARLOR_POLL_TIMEOUT", "7s")
+        .env("PARLOR_INACTIVITY_TIMEOUT", "90s")
+        .env("PARLOR_LISTEN", "127.0.0.1:0")
+        .env("PARLOR_EPHEMERAL", "true");
+    let mut server = start(command, &[]).await;
+    let joined = join(server.addr, "ann").await;
+    assert_eq!(joined["poll_timeout_ms"], 7_000);
+    assert_eq!(joined["inactivity_timeout_ms"], 90_000);
+    server.child.start_kill().unwrap();
+    let _ = tokio::time::timeout(PATIENCE, server.child.wait()).await;
+
+    // A flag given on the command line wins over the environment.
+    let mut command = parlor();
+    command.env("PARLOR_POLL_TIMEOUT", "7s");
+    let mut server = start(
+        command,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--ephemeral",
+            "--poll-timeout",
+            "3s",
+        ],
+    )
+    .await;
+    let joined = join(server.addr, "ann").await;
+    assert_eq!(joined["poll_timeout_ms"], 3_000);
+    server.child.start_kill().unwrap();
+    let _ = tokio::time::timeout(PATIENCE, server.child.wait()).await;
+}
+
+#[tokio::test]
+async fn sigterm_answers_parked_polls_and_exits_cleanly() {
+    let mut server = start(
+        parlor(),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--ephemeral",
+            "--poll-timeout",
+            "20s",
+        ],
+    )
+    .await;
+    let addr = server.addr;
+    let joined = join(addr, "ann").await;
+    let token = joined["token"].as_str().unwrap().to_owned();
+
+    // Read what is already waiting (ann's own presence) so the next poll parks.
+    let mut cursor = joined["cursor"].as_u64().unwrap();
+    loop {
+        let (status, answer) = http(
+            addr,
+            "GET",
+            &format!("/poll?token={token}&cursor={cursor}&timeout=0"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        cursor = answer["cursor"].as_u64().unwrap();
+        if answer["events"].as_array().unwrap().is_empty() {
+            break;
+        }
+    }
+
+    // An idle keep-alive connection must not hold up the exit either.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut first = [0u8; 1024];
+    let n = tokio::time::timeout(PATIENCE, idle.read(&mut first))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        first[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&first[..n])
+    );
+
+    // A poll with the full 20 s wait.
+    let target = format!("/poll?token={token}&cursor={cursor}");
+    let mut poll = tokio::spawn(async move { http(addr, "GET", &target, None).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !poll.is_finished(),
+        "the poll should be parked, not answered"
+    );
+
+    let signalled = Instant::now();
+    kill_term(&server.child);
+
+    let (status, answer) = tokio::time::timeout(Duration::from_secs(5), &mut poll)
+        .await
+        .expect("the parked poll was not answered at shutdown")
+        .expect("the poll task did not panic");
+    let answered_after = signalled.elapsed();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer, serde_json::json!({"cursor": cursor, "events": []}));
+
+    let exit = tokio::time::timeout(PATIENCE, server.child.wait())
+        .await
+        .expect("parlor did not exit after SIGTERM")
+        .unwrap();
+    let exited_after = signalled.elapsed();
+    assert!(exit.success(), "SIGTERM is a clean exit, got {exit}");
+    // Well under the 20 s poll timeout, and under the 5 s grace period that
+    // would mean a connection had to be given up on.
+    assert!(
+        answered_after < Duration::from_secs(4),
+        "poll answered after {answered_after:?}"
+    );
+    assert!(
+        exited_after < Duration::from_secs(4),
+        "exited after {exited_after:?}"
+    );
+
+    // The idle connection was closed rather than left to the kernel.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(2), idle.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the idle connection stayed open after exit");
+}

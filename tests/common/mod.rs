@@ -1,0 +1,287 @@
+//! Test harness: a real parlor server on 127.0.0.1:0 in this process, and a
+//! small HTTP client that speaks to it over real TCP connections.
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{HeaderMap, Method, Request};
+use hyper_util::rt::TokioIo;
+use parlor::hub::Hub;
+use parlor::{Config, Server};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub hub: Hub,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// An answer: status, headers, and the body as JSON (Null if not JSON).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub json: Value,
+    pub text: String,
+}
+
+impl Answer {
+    /// The error code of a JSON error answer.
+    pub fn code(&self) -> &str {
+        self.json["error"].as_str().unwrap_or("")
+    }
+}
+
+/// Short timeouts so the suite runs in seconds.
+pub fn test_config() -> Config {
+    let mut config = Config::for_tests();
+    config.poll_timeout = Duration::from_secs(5);
+    config.inactivity_timeout = Duration::from_secs(30);
+    // Cheap password hashes: the suite joins thousands of users. Production
+    // cost is covered by the unit tests in src/auth.rs.
+    config.argon2_memory_kib = 8;
+    config.argon2_iterations = 1;
+    config.public_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/public").into();
+    config
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with(test_config()).await
+    }
+
+    pub async fn start_with(config: Config) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = Server::open(config).unwrap();
+        let hub = server.hub();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        TestServer {
+            addr,
+            hub,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server and waits for it to finish shutting down.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Answer {
+        let stream = TcpStream::connect(self.addr).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.addr.to_string());
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder.body(Full::new(Bytes::from(body))).unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Answer {
+            status,
+            headers,
+            json,
+            text,
+        }
+    }
+
+    /// POST with a form body, as `curl -d` sends.
+    pub async fn post(&self, path: &str, form: &[(&str, &str)]) -> Answer {
+        let body = encode_form(form);
+        self.request(
+            Method::POST,
+            path,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            body.into_bytes(),
+        )
+        .await
+    }
+
+    /// POST with a JSON body.
+    pub async fn post_json(&self, path: &str, json: &Value) -> Answer {
+        self.request(
+            Method::POST,
+            path,
+            &[("content-type", "application/json")],
+            serde_json::to_vec(json).unwrap(),
+        )
+        .await
+    }
+
+    /// GET with query parameters.
+    pub async fn get(&self, path: &str, query: &[(&str, &str)]) -> Answer {
+        let uri = if query.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}?{}", encode_form(query))
+        };
+        self.request(Method::GET, &uri, &[], Vec::new()).await
+    }
+
+    /// Sends raw bytes on a new connection and reads until the server closes
+    /// it or `read_for` passes.
+    pub async fn raw(&self, bytes: &[u8], read_for: Duration) -> String {
+        let mut stream = TcpStream::connect(self.addr).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(read_for, stream.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Joins as `name` (password "pw-NAME") and returns the client.
+    pub async fn join(&self, name: &str) -> TestClient<'_> {
+        let password = format!("pw-{name}");
+        let answer = self
+            .post("/join", &[("name", name), ("password", &password)])
+            .await;
+        assert_eq!(answer.status, 200, "join {name}: {}", answer.text);
+        TestClient {
+            server: self,
+            name: name.to_owned(),
+            token: answer.json["token"].as_str().unwrap().to_owned(),
+            cursor: answer.json["cursor"].as_u64().unwrap(),
+            joined: answer.json,
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// One client process (a tab) with its own cursor.
+pub struct TestClient<'a> {
+    pub server: &'a TestServer,
+    pub name: String,
+    pub token: String,
+    pub cursor: u64,
+    /// The /join answer.
+    pub joined: Value,
+}
+
+impl TestClient<'_> {
+    /// Polls from the current cursor without waiting; advances the cursor.
+    pub async fn events_now(&mut self) -> Vec<Value> {
+        self.poll_for(0).await
+    }
+
+    /// Polls with a wait of up to `timeout_ms`; advances the cursor.
+    pub async fn poll_for(&mut self, timeout_ms: u64) -> Vec<Value> {
+        let answer = self.poll_raw(self.cursor, Some(timeout_ms)).await;
+        assert_eq!(answer.status, 200, "poll: {}", answer.text);
+        self.cursor = answer.json["cursor"].as_u64().unwrap();
+        answer.json["events"].as_array().unwrap().clone()
+    }
+
+    pub async fn poll_raw(&self, cursor: u64, timeout_ms: Option<u64>) -> Answer {
+        let cursor = cursor.to_string();
+        let timeout = timeout_ms.map(|t| t.to_string());
+        let mut query = vec![("token", self.token.as_str()), ("cursor", cursor.as_str())];
+        if let Some(timeout) = &timeout {
+            query.push(("timeout", timeout));
+        }
+        self.server.get("/poll", &query).await
+    }
+
+    /// Polls until an event matching `wanted` arrives (at most ~10 s);
+    /// returns every event read on the way.
+    pub async fn poll_until(&mut self, wanted: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            let events = self.poll_for(500).await;
+            let found = events.iter().any(&wanted);
+            seen.extend(events);
+            if found {
+                return seen;
+            }
+        }
+        panic!("{}: the awaited event never came; saw {seen:#?}", self.name);
+    }
+
+    pub async fn post(&self, path: &str, form: &[(&str, &str)]) -> Answer {
+        let mut fields = vec![("token", self.token.as_str())];
+        fields.extend_from_slice(form);
+        self.server.post(path, &fields).await
+    }
+
+    pub async fn get(&self, path: &str, query: &[(&str, &str)]) -> Answer {
+        let mut fields = vec![("token", self.token.as_str())];
+        fields.extend_from_slice(query);
+        self.server.get(path, &fields).await
+    }
+
+    pub async fn send(&self, conversation: &str, text: &str) -> Answer {
+        self.post("/send", &[("conversation", conversation), ("text", text)])
+            .await
+    }
+}
+
+pub fn encode_form(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(key, value)| format!("{}={}", percent_encode(key), percent_encode(value)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+/// The events of one type.
+pub fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|event| event["type"] == kind)
+        .collect()
+}
