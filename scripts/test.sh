@@ -30,12 +30,21 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 
 log "unit and integration tests"
-cargo test --locked --all-targets
+cargo test --locked
+
+log "benches compile (they are run by hand: see docs/performance.md)"
+cargo bench --locked --no-run
 
 if [[ -d tests/browser ]]; then
-    apt_install chromium nodejs npm
+    apt_install chromium
+    # Node may come from Debian or from NodeSource (whose nodejs bundles npm
+    # and conflicts with Debian's npm): install only what is missing.
+    command -v node >/dev/null || apt_install nodejs
+    command -v npm >/dev/null || apt_install npm
     log "browser tests (headless Chromium)"
     cargo build --locked --bin parlor
     (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
-    PARLOR_BIN="$PWD/target/debug/parlor" node --test tests/browser/
+    # One file at a time: each launches Chromium and parlor servers, and two
+    # cores do not fit several of those at once without flaky timeouts.
+    PARLOR_BIN="$PWD/target/debug/parlor" node --test --test-concurrency=1 tests/browser/
 fi

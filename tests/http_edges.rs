@@ -1375,6 +1375,31 @@ async fn static_files_are_served_with_their_types() {
         std::fs::read_to_string(fixture("public/css/site.css")).unwrap()
     );
 
+    assert_eq!(header(&css, "cache-control"), "no-cache");
+
+    // Revalidation: the ETag of an unchanged file answers 304 with no body.
+    let etag = header(&css, "etag").to_owned();
+    assert!(etag.starts_with("W/\""), "{etag}");
+    let again = server
+        .request(
+            Method::GET,
+            "/css/site.css",
+            &[("if-none-match", &etag)],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(again.status, 304);
+    assert!(again.text.is_empty());
+    let other = server
+        .request(
+            Method::GET,
+            "/css/site.css",
+            &[("if-none-match", "W/\"stale\"")],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(other.status, 200);
+
     let head = server.request(Method::HEAD, "/", &[], Vec::new()).await;
     assert_eq!(head.status, 200);
     assert!(head.text.is_empty());

@@ -81,7 +81,7 @@ async fn route(app: &App, request: Request<Incoming>) -> ApiResult<Response<Body
         "/rooms/leave" => api::conversations::leave_room(hub, Params::read(request).await?),
         "/api/publish" => api::publish::publish(app, Params::read(request).await?),
         _ if method == Method::GET || method == Method::HEAD => {
-            static_files::serve(&app.public_dir, &method, &path).await
+            static_files::serve(&app.public_dir, &method, &path, request.headers()).await
         }
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -1,0 +1,2 @@
+//! Placeholder: this bench is being written (issue 5).
+fn main() {}

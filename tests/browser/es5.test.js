@@ -1,0 +1,101 @@
+'use strict';
+// The web client must run on old browsers: ES5 syntax, XMLHttpRequest only,
+// nothing loaded from elsewhere. These checks need no server or browser.
+
+const { test } = require('node:test');
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const path = require('node:path');
+const acorn = require('acorn');
+const { REPO } = require('./helpers');
+
+const PUBLIC = path.join(REPO, 'public');
+
+function publicFiles(ext) {
+  const out = [];
+  (function walk(dir) {
+    for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+      const full = path.join(dir, entry.name);
+      if (entry.isDirectory()) { walk(full); } else if (entry.name.endsWith(ext)) { out.push(full); }
+    }
+  }(PUBLIC));
+  return out;
+}
+
+const JS_FILES = publicFiles('.js');
+
+/**
+ * APIs an old browser lacks, or that a locked-down network defeats. Matched
+ * against identifiers, property names and string literals in the code (not
+ * comments), so `window['fetch']` is caught but a comment may explain why
+ * fetch is not used.
+ */
+const FORBIDDEN = ['fetch', 'WebSocket', 'EventSource', 'classList', 'Promise',
+  // The password must never outlive the page.
+  'localStorage', 'sessionStorage'];
+
+test('public/ has JavaScript to check', () => {
+  assert.ok(JS_FILES.length > 0, 'no .js files in public/');
+});
+
+for (const file of JS_FILES) {
+  const rel = path.relative(REPO, file);
+
+  test(`${rel} parses as ES5 (acorn, ecmaVersion 5)`, () => {
+    const source = fs.readFileSync(file, 'utf8');
+    try {
+      acorn.parse(source, { ecmaVersion: 5, sourceType: 'script', allowReserved: false });
+    } catch (err) {
+      assert.fail(`${rel} is not ES5: ${err.message}`);
+    }
+  });
+
+  test(`${rel} does not use ${FORBIDDEN.join(', ')}`, () => {
+    const source = fs.readFileSync(file, 'utf8');
+    const found = [];
+    for (const token of acorn.tokenizer(source, { ecmaVersion: 5, locations: true })) {
+      const isName = token.type.label === 'name';
+      const isString = token.type.label === 'string';
+      if ((isName || isString) && FORBIDDEN.includes(token.value)) {
+        found.push(`${rel}:${token.loc.start.line}: ${token.value}`);
+      }
+    }
+    // Also a plain grep over the code with comments removed, in case a
+    // name is assembled in a way the token scan does not see.
+    const code = source.replace(/\/\*[\s\S]*?\*\//g, '').replace(/(^|[^:'"\\])\/\/.*$/gm, '$1');
+    for (const word of FORBIDDEN) {
+      const re = new RegExp(`\\b${word}\\b`);
+      if (re.test(code) && !found.some((f) => f.endsWith(`: ${word}`))) {
+        found.push(`${rel}: ${word} (grep)`);
+      }
+    }
+    assert.deepEqual(found, [], 'forbidden APIs referenced');
+  });
+}
+
+test('the ES5 check rejects ES2015 syntax (it is not vacuous)', () => {
+  for (const snippet of ['let a = 1;', 'const b = 2;', 'var f = () => 1;', 'class C {}',
+    'var s = `t`;', 'var {a} = o;', 'function g(x = 1) {}', 'for (var x of y) {}']) {
+    assert.throws(() => acorn.parse(snippet, { ecmaVersion: 5 }), SyntaxError, snippet);
+  }
+});
+
+test('pages load nothing from other origins (no CDN, no web fonts)', () => {
+  const files = [...publicFiles('.html'), ...publicFiles('.css'), ...JS_FILES];
+  const external = [];
+  for (const file of files) {
+    const source = fs.readFileSync(file, 'utf8');
+    const re = /(?:src|href)\s*=\s*["']?\s*(?:https?:)?\/\/|url\(\s*["']?(?:https?:)?\/\/|@import\s+["']?(?:url\()?\s*["']?(?:https?:)?\/\//gi;
+    let m;
+    while ((m = re.exec(source))) {
+      external.push(`${path.relative(REPO, file)}: ${source.slice(m.index, m.index + 60)}`);
+    }
+  }
+  assert.deepEqual(external, []);
+});
+
+test('index.html has no inline script or inline event handler', () => {
+  const html = fs.readFileSync(path.join(PUBLIC, 'index.html'), 'utf8');
+  const inline = html.match(/<script(?![^>]*\bsrc=)[^>]*>|\son[a-z]+\s*=/gi) || [];
+  assert.deepEqual(inline, []);
+});
