@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+pub use crate::store::sqlite::SyncMode;
+
 /// Longest a parked poll is held before it is answered empty. 25 s stays under
 /// the 30 s idle limit common in proxies and load balancers.
 pub const DEFAULT_POLL_TIMEOUT: &str = "25s";
@@ -72,6 +74,15 @@ pub struct Config {
     #[arg(long, env = "PARLOR_EPHEMERAL")]
     pub ephemeral: bool,
 
+    /// How hard commits are pushed to disk: `normal` survives a killed
+    /// process, `full` (an fsync per commit) also a power cut.
+    #[arg(long, env = "PARLOR_SYNC", value_enum, default_value = "normal")]
+    pub sync: SyncMode,
+
+    /// Delete messages older than this (e.g. 30d); unset keeps all.
+    #[arg(long, env = "PARLOR_HISTORY_RETENTION", value_parser = parse_duration)]
+    pub history_retention: Option<Duration>,
+
     /// Longest a poll is held when nothing arrives (e.g. 500ms, 25s, 2m).
     #[arg(long, env = "PARLOR_POLL_TIMEOUT", default_value = DEFAULT_POLL_TIMEOUT, value_parser = parse_duration)]
     pub poll_timeout: Duration,
@@ -129,7 +140,7 @@ fn default_public_dir() -> PathBuf {
     }
 }
 
-/// Parses `500ms`, `25s`, `2m`, `1h` (a bare number is seconds).
+/// Parses `500ms`, `25s`, `2m`, `1h`, `30d` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text

@@ -22,6 +22,11 @@ impl EventBytes {
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
+
+    /// An event read back from the store (written by `Event::to_bytes`).
+    pub fn from_stored(json: Vec<u8>) -> EventBytes {
+        EventBytes(json.into())
+    }
 }
 
 /// A user's availability as others see it.

@@ -26,6 +26,7 @@ use crate::config::{Config, MAX_HEADER_BYTES};
 use crate::http::{self, App};
 use crate::hub::{sweeper, Hub, HubConfig};
 use crate::store::memory::MemoryStore;
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::Store;
 use crate::Error;
 
@@ -42,15 +43,29 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the store named by the configuration and builds the hub.
+    /// Opens the store named by the configuration (SQLite in `--data-dir`,
+    /// or memory with `--ephemeral`), resumes its state, builds the hub.
     pub fn open(config: Config) -> Result<Server, Error> {
-        if !config.ephemeral {
-            tracing::warn!(
-                data_dir = %config.data_dir.display(),
-                "the durable store is not built yet: running in memory as with --ephemeral"
+        let store: Arc<dyn Store> = if config.ephemeral {
+            Arc::new(MemoryStore::new())
+        } else {
+            let started = std::time::Instant::now();
+            let store = SqliteStore::open(
+                &config.data_dir,
+                SqliteOptions {
+                    sync: config.sync,
+                    history_retention: config.history_retention,
+                },
+            )?;
+            tracing::info!(
+                database = %store.path().display(),
+                sync = ?config.sync,
+                opened_in = ?started.elapsed(),
+                "durable store open"
             );
-        }
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+            Arc::new(store)
+        };
+        let started = std::time::Instant::now();
         let hub = Hub::new(
             store,
             HubConfig {
@@ -60,6 +75,7 @@ impl Server {
                 argon2_iterations: config.argon2_iterations,
             },
         )?;
+        tracing::info!(stats = ?hub.stats(), resumed_in = ?started.elapsed(), "state resumed");
         Ok(Server { config, hub })
     }
 
@@ -81,7 +97,8 @@ impl Server {
             public_dir: Arc::new(PathBuf::from(&config.public_dir)),
         };
         let (stop_sweeper, sweeper_stop) = watch::channel(false);
-        let sweeper = tokio::spawn(sweeper::run(hub.clone(), sweeper_stop));
+        let sweeper = tokio::spawn(sweeper::run(hub.clone(), sweeper_stop.clone()));
+        let visibility = tokio::spawn(hub.clone().run_visibility(sweeper_stop));
 
         let graceful = GracefulShutdown::new();
         let connection_permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
@@ -127,6 +144,10 @@ impl Server {
             }
         }
         let _ = sweeper.await;
+        let _ = visibility.await;
+        // Everything acknowledged is already durable; this writes the rest
+        // (presence copies, trims) so a restart resumes exactly here.
+        hub.close_store();
         Ok(())
     }
 }

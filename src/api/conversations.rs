@@ -8,14 +8,14 @@ use crate::http::request::Params;
 use crate::http::response::{json, Body};
 use crate::hub::Hub;
 
-pub fn send(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
+pub async fn send(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
     let token = params.token()?;
     let conversation = params.str("conversation")?;
     let text = params.optional_str("text")?.ok_or_else(|| {
         ApiError::bad_request("invalid_text", "text is required (1 to 4096 bytes)")
     })?;
     let client_msg_id = params.optional_str("client_msg_id")?;
-    let message = hub.send(token, conversation, text, client_msg_id)?;
+    let message = hub.send(token, conversation, text, client_msg_id).await?;
     Ok(json(&json!({
         "id": message.id,
         "conversation": message.conversation,

@@ -74,7 +74,7 @@ async fn route(app: &App, request: Request<Incoming>) -> ApiResult<Response<Body
         "/leave" => api::session::leave(hub, Params::read(request).await?),
         "/status" => api::session::set_status(hub, Params::read(request).await?),
         "/users" => api::session::users(hub, Params::read(request).await?),
-        "/send" => api::conversations::send(hub, Params::read(request).await?),
+        "/send" => api::conversations::send(hub, Params::read(request).await?).await,
         "/history" => api::conversations::history(hub, Params::read(request).await?),
         "/dialog" => api::conversations::dialog(hub, Params::read(request).await?),
         "/rooms/join" => api::conversations::join_room(hub, Params::read(request).await?),

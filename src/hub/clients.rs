@@ -104,6 +104,27 @@ impl Clients {
         key
     }
 
+    /// A client as the store kept it, given a full inactivity timeout from
+    /// `now`: time the server was down does not count against it.
+    pub fn restore(&mut self, id: u64, token: String, user: &str, now: Instant) -> usize {
+        self.last_client_id = self.last_client_id.max(id);
+        let key = self.slab.insert(Client {
+            id,
+            token: token.clone(),
+            user: user.to_owned(),
+            parked: None,
+            idle_deadline: None,
+        });
+        self.by_token.insert(token, key);
+        self.mark_idle(key, now);
+        key
+    }
+
+    /// Client ids continue after the highest one ever handed out.
+    pub fn continue_ids_after(&mut self, last_client_id: u64) {
+        self.last_client_id = self.last_client_id.max(last_client_id);
+    }
+
     /// Removes a client; a poll it had parked is answered `ClientGone`.
     pub fn close(&mut self, key: usize) -> Option<Client> {
         let mut client = self.slab.try_remove(key)?;

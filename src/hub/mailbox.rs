@@ -6,6 +6,10 @@
 //! which is what makes a retried poll safe. When the log is full the oldest
 //! event is dropped, and a cursor that points before what is kept is reported
 //! as expired rather than silently skipped forward (field-notes item 2).
+//!
+//! Each event carries the store ticket that makes it durable. Readers see
+//! only events whose ticket is durable (a prefix of the log, since tickets
+//! grow with it), so no client ever sees an event a crash could take back.
 
 use std::collections::VecDeque;
 
@@ -17,8 +21,11 @@ pub struct Mailbox {
     /// Sequence number of the newest event dropped (0 when none was): the
     /// oldest cursor that can still be served.
     start: u64,
-    /// Events numbered `start + 1 ..= start + len`.
-    events: VecDeque<EventBytes>,
+    /// Events numbered `start + 1 ..= start + len`, each with the store
+    /// ticket that makes it durable (0: already durable).
+    events: VecDeque<(EventBytes, u64)>,
+    /// `start` as last written to the store (trims are written in steps).
+    pub persisted_start: u64,
     /// The presence-board version this mailbox has copied changes up to
     /// (see `presence`).
     pub presence_seen: u64,
@@ -45,8 +52,45 @@ impl Mailbox {
         Mailbox {
             start: 0,
             events: VecDeque::new(),
+            persisted_start: 0,
             presence_seen,
         }
+    }
+
+    /// A mailbox as the store kept it: events `start + 1 ..`, all durable.
+    pub fn restore(
+        start: u64,
+        presence_seen: u64,
+        events: impl IntoIterator<Item = EventBytes>,
+    ) -> Mailbox {
+        let mut events: VecDeque<_> = events.into_iter().map(|event| (event, 0)).collect();
+        let mut start = start;
+        while events.len() > MAILBOX_CAPACITY {
+            events.pop_front();
+            start += 1;
+        }
+        Mailbox {
+            start,
+            events,
+            persisted_start: start,
+            presence_seen,
+        }
+    }
+
+    /// Sequence number of the oldest cursor still served.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// The newest event readers may see when tickets up to `durable` are durable.
+    pub fn visible_head(&self, durable: u64) -> u64 {
+        let pending = self
+            .events
+            .iter()
+            .rev()
+            .take_while(|(_, ticket)| *ticket > durable)
+            .count();
+        self.head() - pending as u64
     }
 
     /// Sequence number of the newest event (0 for an empty, new mailbox).
@@ -62,18 +106,29 @@ impl Mailbox {
         self.events.is_empty()
     }
 
-    /// Appends an event, dropping the oldest when full. Returns its number.
+    /// Appends an already durable event, dropping the oldest when full.
+    /// Returns its number.
     pub fn push(&mut self, event: EventBytes) -> u64 {
+        self.push_pending(event, 0)
+    }
+
+    /// Appends an event that becomes durable with store ticket `ticket`.
+    pub fn push_pending(&mut self, event: EventBytes, ticket: u64) -> u64 {
         if self.events.len() == MAILBOX_CAPACITY {
             self.events.pop_front();
             self.start += 1;
         }
-        self.events.push_back(event);
+        self.events.push_back((event, ticket));
         self.head()
     }
 
-    /// Events after `cursor`, at most `limit` of them.
+    /// Events after `cursor`, at most `limit` of them, all treated as durable.
     pub fn read(&self, cursor: u64, limit: usize) -> Read<'_> {
+        self.read_durable(cursor, limit, u64::MAX)
+    }
+
+    /// Events after `cursor` whose tickets are durable, at most `limit`.
+    pub fn read_durable(&self, cursor: u64, limit: usize, durable: u64) -> Read<'_> {
         if cursor < self.start {
             return Read::Expired {
                 oldest_cursor: self.start,
@@ -83,13 +138,21 @@ impl Mailbox {
         if cursor > head {
             return Read::Ahead { head };
         }
-        if cursor == head {
+        let skip = (cursor - self.start) as usize;
+        let events: Vec<&EventBytes> = self
+            .events
+            .iter()
+            .skip(skip)
+            .take(limit)
+            .take_while(|(_, ticket)| *ticket <= durable)
+            .map(|(event, _)| event)
+            .collect();
+        if events.is_empty() {
             return Read::UpToDate;
         }
-        let skip = (cursor - self.start) as usize;
         Read::Events {
             first_seq: cursor + 1,
-            events: self.events.iter().skip(skip).take(limit).collect(),
+            events,
         }
     }
 
@@ -148,5 +211,19 @@ mod tests {
         ));
         assert_eq!(seqs(mailbox.read(3, 2)), vec![4, 5]);
         assert_eq!(mailbox.unread_after(3), MAILBOX_CAPACITY);
+    }
+
+    #[test]
+    fn readers_see_only_durable_events() {
+        let mut mailbox = Mailbox::new(0);
+        mailbox.push(event(1));
+        mailbox.push_pending(event(2), 7);
+        mailbox.push_pending(event(3), 8);
+        assert_eq!(seqs(mailbox.read_durable(0, 10, 6)), vec![1]);
+        assert!(matches!(mailbox.read_durable(1, 10, 6), Read::UpToDate));
+        assert_eq!(seqs(mailbox.read_durable(0, 10, 7)), vec![1, 2]);
+        assert_eq!(mailbox.visible_head(7), 2);
+        assert_eq!(seqs(mailbox.read_durable(1, 10, 8)), vec![2, 3]);
+        assert_eq!(mailbox.visible_head(8), 3);
     }
 }

@@ -8,6 +8,13 @@
 //! and releases it before any `.await` (mini-redis `db.rs`'s shape). A
 //! parked poll waits on a oneshot outside the lock.
 //!
+//! Durability: each operation describes what it changed as store `Change`s
+//! and submits them, in lock order, under the next ticket (`State::flush`).
+//! Mailbox events carry that ticket and stay invisible to polls until the
+//! store reports it durable (`Hub::advance_durable`, driven by
+//! `run_visibility`), which is also when their readers are woken. A /send
+//! answers only once its ticket is durable.
+//!
 //! Seams for cluster mode: mailbox append + wake (`deliver`), presence and
 //! the client table are what a Redis engine would take over; each is behind
 //! its own small type so that swap is confined to this module.
@@ -17,13 +24,13 @@ pub mod mailbox;
 pub mod presence;
 pub mod sweeper;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::StatusCode;
 use serde::Serialize;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::auth::PasswordHasherPool;
@@ -35,7 +42,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::event::{
     empty_poll_body, write_poll_body, Event, EventBytes, Message, RemovalReason, Status,
 };
-use crate::store::{Appended, NewMessage, Store, StoreError, StoredRoom};
+use crate::store::{Change, Snapshot, Store, StoreError, StoredRoom};
 use clients::{Clients, Parked, Wake};
 use mailbox::{Mailbox, Read};
 use presence::PresenceBoard;
@@ -124,6 +131,15 @@ pub struct HubConfig {
     pub argon2_iterations: u32,
 }
 
+/// How long a /send waits for its message to become durable before giving
+/// up with 503 (the client retries with the same `client_msg_id`).
+const SEND_DURABILITY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Recent sends remembered for `client_msg_id` dedupe without a store read
+/// (and while they may not be durable yet, hence not readable from it).
+const RECENT_SENDS: usize = 10_000;
+/// Mailbox trims are written to the store once the start moved this far.
+const TRIM_WRITE_STEP: u64 = 256;
+
 /// A cheap-to-clone handle on the shared hub.
 #[derive(Clone)]
 pub struct Hub {
@@ -137,6 +153,8 @@ struct Shared {
     hasher: PasswordHasherPool,
     /// Wakes the sweeper task early (see `clients::Clients::sweeper`).
     sweeper: Arc<Notify>,
+    /// The highest store ticket made durable.
+    durable: watch::Receiver<u64>,
 }
 
 struct State {
@@ -153,6 +171,23 @@ struct State {
     /// Size of the presence board when it was last compacted.
     presence_compacted_at: usize,
     shutting_down: bool,
+
+    /// Whether the store keeps live state (else live changes are not described).
+    persist_live: bool,
+    /// Changes made by the current operation, submitted by `flush`.
+    changes: Vec<Change>,
+    /// Users whose mailboxes got events in the current operation.
+    to_wake: Vec<String>,
+    /// The last ticket submitted; the current operation's is the next one.
+    last_ticket: u64,
+    /// The highest ticket the store made durable.
+    durable_through: u64,
+    /// Submitted tickets not yet durable, with the users to wake then.
+    awaiting: VecDeque<(u64, Vec<String>)>,
+    last_message_id: u64,
+    /// (sender, client_msg_id) → message, the most recent sends, oldest first.
+    recent_sends: HashMap<(String, String), Message>,
+    recent_order: VecDeque<(String, String)>,
 }
 
 struct OnlineUser {
@@ -175,33 +210,15 @@ impl From<StoreError> for ApiError {
 }
 
 impl Hub {
-    /// Builds the hub over a store, loading the rooms it holds.
+    /// Builds the hub over a store, resuming the state it kept.
     pub fn new(store: Arc<dyn Store>, config: HubConfig) -> Result<Hub, StoreError> {
-        let mut rooms = HashMap::new();
-        let mut rooms_of: HashMap<String, BTreeSet<String>> = HashMap::new();
-        for room in store.rooms()? {
-            for member in &room.members {
-                rooms_of
-                    .entry(member.clone())
-                    .or_default()
-                    .insert(room.name.clone());
-            }
-            rooms.insert(
-                room.name.clone(),
-                Conversation::room(&room.name, room.members),
-            );
-        }
+        let snapshot = store.load()?;
         let sweeper = Arc::new(Notify::new());
-        let state = State {
-            users: HashMap::new(),
-            clients: Clients::new(sweeper.clone(), config.inactivity_timeout),
-            rooms,
-            rooms_of,
-            dialogs: HashMap::new(),
-            presence: PresenceBoard::default(),
-            presence_compacted_at: 0,
-            shutting_down: false,
-        };
+        let mut state = State::restore(snapshot, &store, &sweeper, config, Instant::now());
+        // Whatever restoring had to tidy (e.g. a dialog of a user who did
+        // not come back) is written like any other change.
+        let durable = store.durable();
+        state.flush(&*store, *durable.borrow());
         Ok(Hub {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
@@ -209,8 +226,64 @@ impl Hub {
                 config,
                 hasher: PasswordHasherPool::new(config.argon2_memory_kib, config.argon2_iterations),
                 sweeper,
+                durable,
             }),
         })
+    }
+
+    /// Ends an operation: submits its changes and wakes (now, or once they
+    /// are durable) the users it delivered to. Returns its ticket.
+    fn finish(&self, state: &mut State) -> u64 {
+        let durable = *self.shared.durable.borrow();
+        state.flush(&*self.shared.store, durable)
+    }
+
+    /// Makes events up to `ticket` visible and wakes their readers.
+    pub fn advance_durable(&self, ticket: u64) {
+        let now = Instant::now();
+        let mut state = self.state();
+        state.advance_durable(ticket, now);
+    }
+
+    /// Follows the store's durability and makes events visible as they
+    /// become durable, until `shutdown` flips to true.
+    pub async fn run_visibility(self, mut shutdown: watch::Receiver<bool>) {
+        let mut durable = self.shared.durable.clone();
+        loop {
+            tokio::select! {
+                changed = durable.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let ticket = *durable.borrow_and_update();
+                    self.advance_durable(ticket);
+                }
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    /// Waits until `ticket` is durable (503 after `SEND_DURABILITY_TIMEOUT`).
+    async fn wait_durable(&self, ticket: u64) -> ApiResult<()> {
+        let mut durable = self.shared.durable.clone();
+        let waited = tokio::time::timeout(
+            SEND_DURABILITY_TIMEOUT,
+            durable.wait_for(|done| *done >= ticket),
+        )
+        .await;
+        match waited {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_stored",
+                "the message could not be stored in time; retry with the same client_msg_id",
+            )),
+        }
+    }
+
+    /// Writes whatever the store has queued; called at shutdown.
+    pub fn close_store(&self) {
+        self.shared.store.close();
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -243,18 +316,24 @@ impl Hub {
         self.check_password(name, password).await?;
 
         let now = Instant::now();
-        let mut state = self.state();
-        let clients_of_user = state.users.get(name).map_or(0, |user| user.clients.len());
-        if clients_of_user >= MAX_CLIENTS_PER_USER {
-            return Err(ApiError::too_many(
-                "too_many_clients",
-                format!("`{name}` already has {MAX_CLIENTS_PER_USER} client processes; /leave one first"),
-            ));
-        }
-        let key = state.open_client(name, now);
-        let token = state.clients.get(key).map(|client| client.token.clone());
-        let mut session = state.session(key, self.shared.config);
-        session.token = token;
+        let (session, ticket) = {
+            let mut state = self.state();
+            let clients_of_user = state.users.get(name).map_or(0, |user| user.clients.len());
+            if clients_of_user >= MAX_CLIENTS_PER_USER {
+                return Err(ApiError::too_many(
+                    "too_many_clients",
+                    format!("`{name}` already has {MAX_CLIENTS_PER_USER} client processes; /leave one first"),
+                ));
+            }
+            let key = state.open_client(name, now);
+            let token = state.clients.get(key).map(|client| client.token.clone());
+            let ticket = self.finish(&mut state);
+            let mut session = state.session(key, self.shared.config);
+            session.token = token;
+            (session, ticket)
+        };
+        // The token must survive a crash before the client may use it.
+        self.wait_durable(ticket).await?;
         tracing::debug!(user = name, client = session.client, "client joined");
         Ok(session)
     }
@@ -266,7 +345,10 @@ impl Hub {
             Some(stored) => stored,
             None => {
                 let hash = hasher.hash(password).await;
-                if store.create_account(name, &hash)? {
+                let created = store.create_account(name, &hash).await.map_err(|_| {
+                    StoreError("the store stopped while creating an account".into())
+                })??;
+                if created {
                     return Ok(());
                 }
                 // Another /join claimed the name while we hashed.
@@ -341,27 +423,20 @@ impl Hub {
         let key = state.client_key(token)?;
         // A newer poll of the same client wins; the older is answered empty.
         state.clients.supersede(key, now);
+        let user_name = state.user_of(key)?;
+        state.copy_presence_changes(&user_name, cursor);
+        self.finish(&mut state);
         let State {
             users,
             clients,
-            presence,
             shutting_down,
+            durable_through,
             ..
         } = &mut *state;
-        let user_name = clients
-            .get(key)
-            .ok_or_else(ApiError::unknown_client)?
-            .user
-            .clone();
         let user = users
             .get_mut(&user_name)
             .expect("every client's user is online");
-        if copy_presence_changes(&mut user.mailbox, presence, cursor) {
-            for &other in &user.clients {
-                clients.wake(other, Wake::Events, now);
-            }
-        }
-        let answer = match user.mailbox.read(cursor, MAX_EVENTS_PER_POLL) {
+        let answer = match user.mailbox.read_durable(cursor, MAX_EVENTS_PER_POLL, *durable_through) {
             Read::Events { first_seq, events } => {
                 let last = first_seq + events.len() as u64 - 1;
                 Ok(ReadOrPark::Ready(write_poll_body(last, first_seq, events.into_iter())))
@@ -395,7 +470,8 @@ impl Hub {
     }
 
     /// POST /send: stores the message, then delivers it to every member.
-    pub fn send(
+    /// Answers once the message is durable.
+    pub async fn send(
         &self,
         token: &str,
         conversation: &str,
@@ -417,26 +493,36 @@ impl Hub {
             }
         }
         let now = Instant::now();
-        let mut state = self.state();
-        let key = state.client_key(token)?;
-        let user = state.user_of(key)?;
-        state.require_member(conversation, &user)?;
-        // Stored under the hub lock, so store order is delivery order.
-        let appended = self.shared.store.append_message(NewMessage {
-            conversation,
-            from: &user,
-            text,
-            at: unix_millis(),
-            client_msg_id,
-        })?;
-        match appended {
-            Appended::Duplicate(message) => Ok(message),
-            Appended::New(message) => {
-                let event = Event::Message(&message).to_bytes();
-                state.deliver_to_conversation(conversation, &event, now);
-                Ok(message)
+        let (message, ticket) = 'locked: {
+            let mut state = self.state();
+            let key = state.client_key(token)?;
+            let user = state.user_of(key)?;
+            state.require_member(conversation, &user)?;
+            if let Some(id) = client_msg_id {
+                if let Some(first) = state.sent_before(&*self.shared.store, &user, id)? {
+                    // A retry: answer the first result, once it is durable
+                    // (it may still be on its way to disk).
+                    break 'locked (first, state.last_ticket);
+                }
             }
-        }
+            state.last_message_id += 1;
+            let message = Message {
+                id: state.last_message_id,
+                conversation: conversation.to_owned(),
+                from: user.clone(),
+                text: text.to_owned(),
+                at: unix_millis(),
+                client_msg_id: client_msg_id.map(str::to_owned),
+            };
+            let event = Event::Message(&message).to_bytes();
+            state.changes.push(Change::Message(message.clone()));
+            state.remember_send(&message);
+            state.deliver_to_conversation(conversation, &event, now);
+            let ticket = self.finish(&mut state);
+            (message, ticket)
+        };
+        self.wait_durable(ticket).await?;
+        Ok(message)
     }
 
     /// GET /history: a page of a conversation's messages, members only.
@@ -507,7 +593,14 @@ impl Hub {
             }
             state.deliver(member, &event, now);
         }
+        if state.persist_live {
+            state.changes.push(Change::DialogOpened {
+                id: id.clone(),
+                members: [first.to_owned(), second.to_owned()],
+            });
+        }
         state.dialogs.insert(id, conversation.clone());
+        self.finish(&mut state);
         Ok(conversation)
     }
 
@@ -538,10 +631,10 @@ impl Hub {
             None => Vec::new(),
         };
         members.push(user.clone());
-        self.shared.store.save_room(&StoredRoom {
+        state.changes.push(Change::Room(StoredRoom {
             name: name.to_owned(),
             members: members.clone(),
-        })?;
+        }));
         let room = Conversation::room(name, members);
         state.rooms.insert(name.to_owned(), room.clone());
         state
@@ -564,6 +657,7 @@ impl Hub {
         }
         .to_bytes();
         state.deliver(&user, &added, now);
+        self.finish(&mut state);
         Ok(room)
     }
 
@@ -588,10 +682,10 @@ impl Hub {
         state.require_member(conversation, &user)?;
         let mut members = state.rooms[conversation].members.clone();
         members.retain(|member| *member != user);
-        self.shared.store.save_room(&StoredRoom {
+        state.changes.push(Change::Room(StoredRoom {
             name: conversation.to_owned(),
             members: members.clone(),
-        })?;
+        }));
         if let Some(room) = state.rooms.get_mut(conversation) {
             room.members = members.clone();
         }
@@ -615,6 +709,7 @@ impl Hub {
         }
         .to_bytes();
         state.deliver(&user, &removed, now);
+        self.finish(&mut state);
         Ok(())
     }
 
@@ -624,9 +719,10 @@ impl Hub {
         let mut state = self.state();
         let key = state.client_key(token)?;
         let user = state.user_of(key)?;
-        if state.presence.set(&user, status) {
+        if state.set_presence(&user, status) {
             state.clients.wake_all(Wake::Events, now);
         }
+        self.finish(&mut state);
         Ok(())
     }
 
@@ -636,6 +732,7 @@ impl Hub {
         let mut state = self.state();
         let key = state.client_key(token)?;
         state.close_client(key, now);
+        self.finish(&mut state);
         Ok(())
     }
 
@@ -662,6 +759,7 @@ impl Hub {
                 report.offline.push(user.clone());
             }
         }
+        self.finish(&mut state);
         report
     }
 
@@ -675,6 +773,7 @@ impl Hub {
         for key in expired {
             state.close_client(key, now);
         }
+        self.finish(&mut state);
         state.clients.next_deadline()
     }
 
@@ -729,6 +828,184 @@ impl Drop for ParkGuard<'_> {
 }
 
 impl State {
+    /// The state a store kept, with every client given a fresh inactivity
+    /// timeout from `now` (downtime does not count against anyone).
+    fn restore(
+        snapshot: Snapshot,
+        store: &Arc<dyn Store>,
+        sweeper: &Arc<Notify>,
+        config: HubConfig,
+        now: Instant,
+    ) -> State {
+        let mut rooms = HashMap::new();
+        let mut rooms_of: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for room in snapshot.rooms {
+            for member in &room.members {
+                rooms_of
+                    .entry(member.clone())
+                    .or_default()
+                    .insert(room.name.clone());
+            }
+            rooms.insert(
+                room.name.clone(),
+                Conversation::room(&room.name, room.members),
+            );
+        }
+        let mut state = State {
+            users: HashMap::new(),
+            clients: Clients::new(sweeper.clone(), config.inactivity_timeout),
+            rooms,
+            rooms_of,
+            dialogs: HashMap::new(),
+            presence: PresenceBoard::restore(snapshot.presence, snapshot.presence_version),
+            presence_compacted_at: 0,
+            shutting_down: false,
+            persist_live: store.keeps_live_state(),
+            changes: Vec::new(),
+            to_wake: Vec::new(),
+            last_ticket: 0,
+            durable_through: 0,
+            awaiting: VecDeque::new(),
+            last_message_id: snapshot.last_message_id,
+            recent_sends: HashMap::new(),
+            recent_order: VecDeque::new(),
+        };
+        state.clients.continue_ids_after(snapshot.last_client_id);
+
+        let mut mailboxes: HashMap<String, _> = snapshot
+            .mailboxes
+            .into_iter()
+            .map(|mailbox| (mailbox.user.clone(), mailbox))
+            .collect();
+        for (id, token, user) in snapshot.clients {
+            if !state.users.contains_key(&user) {
+                let mailbox = match mailboxes.remove(&user) {
+                    Some(kept) => Mailbox::restore(
+                        kept.start,
+                        kept.presence_seen,
+                        kept.events
+                            .into_iter()
+                            .map(|(_, body)| EventBytes::from_stored(body)),
+                    ),
+                    None => {
+                        let presence_seen = state.presence.version();
+                        state.changes.push(Change::MailboxOpened {
+                            user: user.clone(),
+                            start: 0,
+                            presence_seen,
+                        });
+                        Mailbox::new(presence_seen)
+                    }
+                };
+                state.users.insert(
+                    user.clone(),
+                    OnlineUser {
+                        clients: Vec::new(),
+                        mailbox,
+                        dialogs: BTreeSet::new(),
+                    },
+                );
+            }
+            let key = state.clients.restore(id, token, &user, now);
+            if let Some(online) = state.users.get_mut(&user) {
+                online.clients.push(key);
+            }
+        }
+        // Tidy what no live client accounts for (only after an unclean stop
+        // between two writes of one operation, which the store never splits,
+        // or an older database): mailboxes, statuses and dialogs of users
+        // without clients.
+        for user in mailboxes.into_keys() {
+            state.changes.push(Change::MailboxClosed { user });
+        }
+        let stale_statuses: Vec<String> = state
+            .presence
+            .available()
+            .filter(|user| !state.users.contains_key(*user))
+            .map(str::to_owned)
+            .collect();
+        for user in stale_statuses {
+            state.set_presence(&user, Status::Offline);
+        }
+        for (id, members) in snapshot.dialogs {
+            if members
+                .iter()
+                .all(|member| state.users.contains_key(member))
+            {
+                for member in &members {
+                    if let Some(online) = state.users.get_mut(member) {
+                        online.dialogs.insert(id.clone());
+                    }
+                }
+                let conversation = Conversation {
+                    id: id.clone(),
+                    kind: ConversationKind::Dialog,
+                    name: None,
+                    members: members.to_vec(),
+                };
+                state.dialogs.insert(id, conversation);
+            } else {
+                state.changes.push(Change::DialogClosed { id });
+            }
+        }
+        if !state.persist_live {
+            state.changes.retain(|change| {
+                !matches!(
+                    change,
+                    Change::MailboxOpened { .. }
+                        | Change::MailboxClosed { .. }
+                        | Change::DialogClosed { .. }
+                )
+            });
+        }
+        state
+    }
+
+    /// Submits the current operation's changes under the next ticket and
+    /// wakes the users it delivered to — at once if the store is already
+    /// durable that far (the in-memory store), else once it is.
+    fn flush(&mut self, store: &dyn Store, durable: u64) -> u64 {
+        if self.changes.is_empty() && self.to_wake.is_empty() {
+            return self.last_ticket;
+        }
+        self.last_ticket += 1;
+        let ticket = self.last_ticket;
+        store.submit(ticket, std::mem::take(&mut self.changes));
+        let to_wake = std::mem::take(&mut self.to_wake);
+        if !to_wake.is_empty() {
+            self.awaiting.push_back((ticket, to_wake));
+        }
+        // The in-memory store is durable as soon as it is submitted to.
+        let durable = durable.max(*store.durable().borrow());
+        if durable >= ticket {
+            self.advance_durable(durable, Instant::now());
+        }
+        ticket
+    }
+
+    fn advance_durable(&mut self, ticket: u64, now: Instant) {
+        if ticket <= self.durable_through {
+            return;
+        }
+        self.durable_through = ticket;
+        while self
+            .awaiting
+            .front()
+            .is_some_and(|(waiting, _)| *waiting <= ticket)
+        {
+            let Some((_, users)) = self.awaiting.pop_front() else {
+                break;
+            };
+            for user in users {
+                if let Some(online) = self.users.get(&user) {
+                    for &key in &online.clients {
+                        self.clients.wake(key, Wake::Events, now);
+                    }
+                }
+            }
+        }
+    }
+
     fn client_key(&self, token: &str) -> ApiResult<usize> {
         self.clients
             .key_of(token)
@@ -742,25 +1019,85 @@ impl State {
             .ok_or_else(ApiError::unknown_client)
     }
 
+    /// Sets a status on the board (and records it). False if unchanged.
+    fn set_presence(&mut self, user: &str, status: Status) -> bool {
+        if !self.presence.set(user, status) {
+            return false;
+        }
+        if self.persist_live {
+            self.changes.push(Change::Presence {
+                user: user.to_owned(),
+                status,
+                version: self.presence.version(),
+            });
+        }
+        true
+    }
+
+    /// A message `user` already sent with `client_msg_id`, if any.
+    fn sent_before(
+        &self,
+        store: &dyn Store,
+        user: &str,
+        client_msg_id: &str,
+    ) -> ApiResult<Option<Message>> {
+        let key = (user.to_owned(), client_msg_id.to_owned());
+        if let Some(message) = self.recent_sends.get(&key) {
+            return Ok(Some(message.clone()));
+        }
+        Ok(store.find_sent(user, client_msg_id)?)
+    }
+
+    fn remember_send(&mut self, message: &Message) {
+        let Some(id) = &message.client_msg_id else {
+            return;
+        };
+        let key = (message.from.clone(), id.clone());
+        self.recent_order.push_back(key.clone());
+        self.recent_sends.insert(key, message.clone());
+        if self.recent_order.len() > RECENT_SENDS {
+            if let Some(oldest) = self.recent_order.pop_front() {
+                self.recent_sends.remove(&oldest);
+            }
+        }
+    }
+
     /// Opens a client process; the user comes online with its first one.
     fn open_client(&mut self, name: &str, now: Instant) -> usize {
         let came_online = !self.users.contains_key(name);
         if came_online {
+            let presence_seen = self.presence.version();
             self.users.insert(
                 name.to_owned(),
                 OnlineUser {
                     clients: Vec::new(),
-                    mailbox: Mailbox::new(self.presence.version()),
+                    mailbox: Mailbox::new(presence_seen),
                     dialogs: BTreeSet::new(),
                 },
             );
+            if self.persist_live {
+                self.changes.push(Change::MailboxOpened {
+                    user: name.to_owned(),
+                    start: 0,
+                    presence_seen,
+                });
+            }
         }
         let key = self.clients.open(name, now);
         if let Some(user) = self.users.get_mut(name) {
             user.clients.push(key);
         }
+        if self.persist_live {
+            if let Some(client) = self.clients.get(key) {
+                self.changes.push(Change::ClientOpened {
+                    id: client.id,
+                    token: client.token.clone(),
+                    user: name.to_owned(),
+                });
+            }
+        }
         if came_online {
-            self.presence.set(name, Status::Online);
+            self.set_presence(name, Status::Online);
             self.clients.wake_all(Wake::Events, now);
         }
         key
@@ -772,6 +1109,9 @@ impl State {
         let Some(client) = self.clients.close(key) else {
             return;
         };
+        if self.persist_live {
+            self.changes.push(Change::ClientClosed { id: client.id });
+        }
         let Some(user) = self.users.get_mut(&client.user) else {
             return;
         };
@@ -783,10 +1123,19 @@ impl State {
             return;
         };
         tracing::debug!(user = %client.user, "user went offline");
+        if self.persist_live {
+            self.changes.push(Change::MailboxClosed {
+                user: client.user.clone(),
+            });
+        }
         for dialog in &gone.dialogs {
             let Some(conversation) = self.dialogs.remove(dialog) else {
                 continue;
             };
+            if self.persist_live {
+                self.changes
+                    .push(Change::DialogClosed { id: dialog.clone() });
+            }
             let removed = Event::ConversationRemoved {
                 conversation: dialog,
                 reason: RemovalReason::UserOffline,
@@ -799,7 +1148,7 @@ impl State {
                 self.deliver(member, &removed, now);
             }
         }
-        self.presence.set(&client.user, Status::Offline);
+        self.set_presence(&client.user, Status::Offline);
         self.clients.wake_all(Wake::Events, now);
         self.compact_presence();
     }
@@ -819,40 +1168,122 @@ impl State {
             .map(|user| user.mailbox.presence_seen)
             .min()
             .unwrap_or_else(|| self.presence.version());
-        self.presence.forget_offline_before(all_seen + 1);
+        let forgotten = self.presence.forget_offline_before(all_seen + 1);
+        if self.persist_live {
+            self.changes.extend(
+                forgotten
+                    .into_iter()
+                    .map(|user| Change::PresenceForgotten { user }),
+            );
+        }
         self.presence_compacted_at = self.presence.len();
     }
 
-    /// Appends an event to an online user's mailbox and wakes its parked
-    /// polls. Returns false when the user is offline (nothing to deliver to).
-    fn deliver(&mut self, user: &str, event: &EventBytes, now: Instant) -> bool {
-        deliver(&mut self.users, &mut self.clients, user, event, now)
+    /// Appends an event to an online user's mailbox; its readers are woken
+    /// when the operation's changes are durable. Returns false when the user
+    /// is offline (nothing to deliver to).
+    fn deliver(&mut self, user: &str, event: &EventBytes, _now: Instant) -> bool {
+        let ticket = self.last_ticket + 1;
+        let Some(online) = self.users.get_mut(user) else {
+            return false;
+        };
+        append(
+            online,
+            user,
+            event.clone(),
+            ticket,
+            self.persist_live.then_some(&mut self.changes),
+        );
+        self.to_wake.push(user.to_owned());
+        true
     }
 
     fn deliver_to_conversation(&mut self, conversation: &str, event: &EventBytes, now: Instant) {
-        let State {
-            users,
-            clients,
-            rooms,
-            dialogs,
-            ..
-        } = self;
         if conversation == LOBBY {
-            for user in users.values_mut() {
-                user.mailbox.push(event.clone());
-                for &key in &user.clients {
-                    clients.wake(key, Wake::Events, now);
-                }
+            let ticket = self.last_ticket + 1;
+            let State {
+                users,
+                changes,
+                to_wake,
+                persist_live,
+                ..
+            } = self;
+            for (name, user) in users.iter_mut() {
+                append(
+                    user,
+                    name,
+                    event.clone(),
+                    ticket,
+                    persist_live.then_some(&mut *changes),
+                );
+                to_wake.push(name.clone());
             }
             return;
         }
-        let members = rooms
+        let members = self
+            .rooms
             .get(conversation)
-            .or_else(|| dialogs.get(conversation))
-            .map(|c| c.members.as_slice())
+            .or_else(|| self.dialogs.get(conversation))
+            .map(|c| c.members.clone())
             .unwrap_or_default();
-        for member in members {
-            deliver(users, clients, member, event, now);
+        for member in &members {
+            self.deliver(member, event, now);
+        }
+    }
+
+    /// Copies presence changes the user's mailbox has not seen into it, at
+    /// most as many as fit in the next poll's answer, so presence never
+    /// grows a backlog that could expire a reader's cursor.
+    fn copy_presence_changes(&mut self, user: &str, cursor: u64) {
+        let ticket = self.last_ticket + 1;
+        let State {
+            users,
+            presence,
+            changes,
+            to_wake,
+            persist_live,
+            ..
+        } = self;
+        let Some(online) = users.get_mut(user) else {
+            return;
+        };
+        let mailbox = &mut online.mailbox;
+        if mailbox.presence_seen >= presence.version() {
+            return;
+        }
+        let unread = mailbox.unread_after(cursor);
+        let room = PRESENCE_CHANGES_PER_POLL.min(MAX_EVENTS_PER_POLL.saturating_sub(unread));
+        if room == 0 {
+            return;
+        }
+        let copied: Vec<(u64, EventBytes)> = presence
+            .changes_since(mailbox.presence_seen, room)
+            .map(|(version, event)| (version, event.clone()))
+            .collect();
+        let mut seen = mailbox.presence_seen;
+        if copied.len() < room {
+            seen = presence.version();
+        }
+        let any = !copied.is_empty();
+        for (version, event) in copied {
+            seen = seen.max(version);
+            append(
+                online,
+                user,
+                event,
+                ticket,
+                persist_live.then_some(&mut *changes),
+            );
+        }
+        online.mailbox.presence_seen = seen;
+        if *persist_live {
+            changes.push(Change::PresenceSeen {
+                user: user.to_owned(),
+                version: seen,
+            });
+        }
+        if any {
+            to_wake.push(user.to_owned());
         }
     }
 
@@ -912,7 +1343,9 @@ impl State {
             user: client.user.clone(),
             client: client.id,
             token: None,
-            cursor: user.mailbox.head(),
+            // Only durable events are ever answered, so the cursor starts
+            // at the durable head.
+            cursor: user.mailbox.visible_head(self.durable_through),
             poll_timeout_ms: millis(config.poll_timeout),
             inactivity_timeout_ms: millis(config.inactivity_timeout),
             users: self.online_users(),
@@ -921,48 +1354,31 @@ impl State {
     }
 }
 
-fn deliver(
-    users: &mut HashMap<String, OnlineUser>,
-    clients: &mut Clients,
+/// Appends to one mailbox and describes the append (and any trim) for the store.
+fn append(
+    online: &mut OnlineUser,
     user: &str,
-    event: &EventBytes,
-    now: Instant,
-) -> bool {
-    let Some(online) = users.get_mut(user) else {
-        return false;
+    event: EventBytes,
+    ticket: u64,
+    changes: Option<&mut Vec<Change>>,
+) {
+    let seq = online.mailbox.push_pending(event.clone(), ticket);
+    let Some(changes) = changes else {
+        return;
     };
-    online.mailbox.push(event.clone());
-    for &key in &online.clients {
-        clients.wake(key, Wake::Events, now);
+    changes.push(Change::MailboxEvent {
+        user: user.to_owned(),
+        seq,
+        body: event,
+    });
+    let mailbox = &mut online.mailbox;
+    if mailbox.start() >= mailbox.persisted_start + TRIM_WRITE_STEP {
+        mailbox.persisted_start = mailbox.start();
+        changes.push(Change::MailboxTrimmed {
+            user: user.to_owned(),
+            start: mailbox.start(),
+        });
     }
-    true
-}
-
-/// Copies presence changes the mailbox has not seen into it, at most as many
-/// as fit in the next poll's answer, so presence never grows a backlog that
-/// could expire a reader's cursor. Returns whether anything was copied.
-fn copy_presence_changes(mailbox: &mut Mailbox, presence: &PresenceBoard, cursor: u64) -> bool {
-    if mailbox.presence_seen >= presence.version() {
-        return false;
-    }
-    let unread = mailbox.unread_after(cursor);
-    let room = PRESENCE_CHANGES_PER_POLL.min(MAX_EVENTS_PER_POLL.saturating_sub(unread));
-    if room == 0 {
-        return false;
-    }
-    let changes: Vec<(u64, EventBytes)> = presence
-        .changes_since(mailbox.presence_seen, room)
-        .map(|(version, event)| (version, event.clone()))
-        .collect();
-    let copied = !changes.is_empty();
-    if changes.len() < room {
-        mailbox.presence_seen = presence.version();
-    }
-    for (version, event) in changes {
-        mailbox.push(event);
-        mailbox.presence_seen = mailbox.presence_seen.max(version);
-    }
-    copied
 }
 
 /// Names of users and rooms: 1..=32 ASCII letters, digits, `_`, `-`, `.`.

@@ -77,20 +77,59 @@ impl PresenceBoard {
             .map(|(&changed_at, user)| (changed_at, &self.current[user].event))
     }
 
-    /// Forgets a user entirely once offline and no mailbox can still need the
-    /// change (used to keep the board from growing with every name ever seen).
-    pub fn forget_offline_before(&mut self, version: u64) {
+    /// The board as the store kept it.
+    pub fn restore(
+        entries: impl IntoIterator<Item = (String, Status, u64)>,
+        version: u64,
+    ) -> PresenceBoard {
+        let mut board = PresenceBoard::default();
+        for (user, status, changed_at) in entries {
+            let event = Event::Presence {
+                user: &user,
+                status,
+            }
+            .to_bytes();
+            board.version = board.version.max(changed_at);
+            board.changes.insert(changed_at, user.clone());
+            board.current.insert(
+                user,
+                Entry {
+                    status,
+                    version: changed_at,
+                    event,
+                },
+            );
+        }
+        board.version = board.version.max(version);
+        board
+    }
+
+    /// Forgets users that are offline and whose change is older than
+    /// `version` (no mailbox can still need it), so the board does not grow
+    /// with every name ever seen. Returns the forgotten users.
+    pub fn forget_offline_before(&mut self, version: u64) -> Vec<String> {
         let stale: Vec<u64> = self
             .changes
             .range(..version)
             .filter(|(_, user)| self.current[*user].status == Status::Offline)
             .map(|(&changed_at, _)| changed_at)
             .collect();
+        let mut forgotten = Vec::with_capacity(stale.len());
         for changed_at in stale {
             if let Some(user) = self.changes.remove(&changed_at) {
                 self.current.remove(&user);
+                forgotten.push(user);
             }
         }
+        forgotten
+    }
+
+    /// Users whose status is anything but offline.
+    pub fn available(&self) -> impl Iterator<Item = &str> + '_ {
+        self.current
+            .iter()
+            .filter(|(_, entry)| entry.status != Status::Offline)
+            .map(|(user, _)| user.as_str())
     }
 
     pub fn len(&self) -> usize {
@@ -142,7 +181,7 @@ mod tests {
         board.set("ann", Status::Offline);
         board.set("bob", Status::Online);
         board.set("bob", Status::Offline);
-        board.forget_offline_before(3);
+        assert_eq!(board.forget_offline_before(3), ["ann"]);
         assert_eq!(board.len(), 1);
         assert_eq!(users_since(&board, 0), vec!["bob=offline"]);
     }

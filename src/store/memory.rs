@@ -1,15 +1,19 @@
 //! `MemoryStore`: the store kept in RAM, for `--ephemeral` runs and tests.
-//! Nothing survives the process.
+//! Every submission is "durable" at once; nothing survives the process, so
+//! only what later requests read back (accounts, rooms, messages) is kept.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::{Appended, NewMessage, Store, StoreResult, StoredRoom};
+use tokio::sync::{oneshot, watch};
+
+use super::{Change, Snapshot, Store, StoreResult, StoredRoom};
 use crate::event::Message;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    durable: watch::Sender<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -20,12 +24,20 @@ struct Inner {
     messages: HashMap<String, Vec<Message>>,
     /// (sender, client_msg_id) → (conversation, index in its message list).
     sent_ids: HashMap<(String, String), (String, usize)>,
-    last_message_id: u64,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::new()
+    }
 }
 
 impl MemoryStore {
     pub fn new() -> MemoryStore {
-        MemoryStore::default()
+        MemoryStore {
+            inner: Mutex::default(),
+            durable: watch::Sender::new(0),
+        }
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -38,62 +50,41 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
+    fn load(&self) -> StoreResult<Snapshot> {
+        Ok(Snapshot {
+            rooms: self.inner().rooms.values().cloned().collect(),
+            ..Snapshot::default()
+        })
+    }
+
     fn password_hash(&self, name: &str) -> StoreResult<Option<String>> {
         Ok(self.inner().accounts.get(name).cloned())
     }
 
-    fn create_account(&self, name: &str, password_hash: &str) -> StoreResult<bool> {
+    fn create_account(
+        &self,
+        name: &str,
+        password_hash: &str,
+    ) -> oneshot::Receiver<StoreResult<bool>> {
+        let (reply, answer) = oneshot::channel();
         let mut inner = self.inner();
-        if inner.accounts.contains_key(name) {
-            return Ok(false);
+        let created = !inner.accounts.contains_key(name);
+        if created {
+            inner
+                .accounts
+                .insert(name.to_owned(), password_hash.to_owned());
         }
-        inner
-            .accounts
-            .insert(name.to_owned(), password_hash.to_owned());
-        Ok(true)
+        let _ = reply.send(Ok(created));
+        answer
     }
 
-    fn rooms(&self) -> StoreResult<Vec<StoredRoom>> {
-        Ok(self.inner().rooms.values().cloned().collect())
-    }
-
-    fn save_room(&self, room: &StoredRoom) -> StoreResult<()> {
-        self.inner().rooms.insert(room.name.clone(), room.clone());
-        Ok(())
-    }
-
-    fn append_message(&self, new: NewMessage<'_>) -> StoreResult<Appended> {
-        let mut inner = self.inner();
-        if let Some(client_msg_id) = new.client_msg_id {
-            let key = (new.from.to_owned(), client_msg_id.to_owned());
-            if let Some((conversation, index)) = inner.sent_ids.get(&key) {
-                return Ok(Appended::Duplicate(
-                    inner.messages[conversation][*index].clone(),
-                ));
-            }
-        }
-        inner.last_message_id += 1;
-        let message = Message {
-            id: inner.last_message_id,
-            conversation: new.conversation.to_owned(),
-            from: new.from.to_owned(),
-            text: new.text.to_owned(),
-            at: new.at,
-            client_msg_id: new.client_msg_id.map(str::to_owned),
-        };
-        let list = inner
-            .messages
-            .entry(new.conversation.to_owned())
-            .or_default();
-        list.push(message.clone());
-        let index = list.len() - 1;
-        if let Some(client_msg_id) = new.client_msg_id {
-            inner.sent_ids.insert(
-                (new.from.to_owned(), client_msg_id.to_owned()),
-                (new.conversation.to_owned(), index),
-            );
-        }
-        Ok(Appended::New(message))
+    fn find_sent(&self, from: &str, client_msg_id: &str) -> StoreResult<Option<Message>> {
+        let inner = self.inner();
+        let key = (from.to_owned(), client_msg_id.to_owned());
+        Ok(inner
+            .sent_ids
+            .get(&key)
+            .map(|(conversation, index)| inner.messages[conversation][*index].clone()))
     }
 
     fn history(
@@ -114,47 +105,76 @@ impl Store for MemoryStore {
         let start = end.saturating_sub(limit);
         Ok(list[start..end].to_vec())
     }
+
+    fn submit(&self, ticket: u64, changes: Vec<Change>) {
+        let mut inner = self.inner();
+        for change in changes {
+            match change {
+                Change::Room(room) => {
+                    inner.rooms.insert(room.name.clone(), room);
+                }
+                Change::Message(message) => {
+                    let list = inner
+                        .messages
+                        .entry(message.conversation.clone())
+                        .or_default();
+                    list.push(message.clone());
+                    let index = list.len() - 1;
+                    if let Some(id) = &message.client_msg_id {
+                        inner.sent_ids.insert(
+                            (message.from.clone(), id.clone()),
+                            (message.conversation.clone(), index),
+                        );
+                    }
+                }
+                // Live state needs no keeping when nothing survives a restart.
+                _ => {}
+            }
+        }
+        drop(inner);
+        self.durable.send_replace(ticket);
+    }
+
+    fn durable(&self) -> watch::Receiver<u64> {
+        self.durable.subscribe()
+    }
+
+    fn keeps_live_state(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn send<'a>(conversation: &'a str, text: &'a str, id: Option<&'a str>) -> NewMessage<'a> {
-        NewMessage {
-            conversation,
-            from: "ann",
-            text,
+    fn message(id: u64, text: &str, client_msg_id: Option<&str>) -> Change {
+        Change::Message(Message {
+            id,
+            conversation: "lobby".into(),
+            from: "ann".into(),
+            text: text.into(),
             at: 1,
-            client_msg_id: id,
-        }
+            client_msg_id: client_msg_id.map(str::to_owned),
+        })
     }
 
     #[test]
-    fn history_pages_backwards_and_dedupes_client_ids() {
+    fn history_pages_backwards_and_finds_client_ids() {
         let store = MemoryStore::new();
-        for n in 0..10 {
-            store
-                .append_message(send("lobby", &n.to_string(), None))
-                .unwrap();
+        for n in 1..=10 {
+            store.submit(n, vec![message(n, &n.to_string(), None)]);
         }
-        let first = store
-            .append_message(send("lobby", "once", Some("x1")))
-            .unwrap();
-        let again = store
-            .append_message(send("lobby", "twice", Some("x1")))
-            .unwrap();
-        let Appended::New(first) = first else {
-            panic!("first send is new")
-        };
-        assert_eq!(again, Appended::Duplicate(first.clone()));
+        store.submit(11, vec![message(11, "once", Some("x1"))]);
+        assert_eq!(*store.durable().borrow(), 11);
+        assert_eq!(store.find_sent("ann", "x1").unwrap().unwrap().id, 11);
+        assert!(store.find_sent("bob", "x1").unwrap().is_none());
 
         let page = store.history("lobby", None, 3).unwrap();
         let texts: Vec<_> = page.iter().map(|m| m.text.as_str()).collect();
-        assert_eq!(texts, ["8", "9", "once"]);
+        assert_eq!(texts, ["9", "10", "once"]);
         let older = store.history("lobby", Some(page[0].id), 100).unwrap();
         assert_eq!(older.len(), 8);
-        assert_eq!(older.last().unwrap().text, "7");
         assert!(store.history("nowhere", None, 5).unwrap().is_empty());
     }
 }

@@ -1,18 +1,25 @@
-//! The `Store`: what parlor keeps beyond a process's lifetime — accounts,
-//! rooms and their members, and message history.
+//! The `Store`: everything parlor keeps beyond a process's lifetime.
 //!
-//! The hub owns live state (client processes, mailboxes, presence, dialogs) in
-//! memory and calls the store for what must outlive it. Calls are made while
-//! the hub holds its lock, in the order the hub decides, so a store sees
-//! messages in the order every member sees them. `memory` keeps it all in
-//! RAM (`--ephemeral`); a durable implementation plugs in behind the same
-//! trait.
+//! The hub holds live state in memory and describes every change to it as a
+//! [`Change`], submitted in the order the hub made it, under one increasing
+//! *ticket* per hub operation. A store applies submissions in ticket order
+//! and reports, through [`Store::durable`], the highest ticket that is as
+//! durable as it can make it. The hub answers a /send only once its ticket
+//! is durable, and lets polls read only durable mailbox events, so a crash
+//! can never take back an event a client has already seen.
+//!
+//! - [`memory::MemoryStore`] (`--ephemeral`): applies at once, keeps nothing.
+//! - [`sqlite::SqliteStore`] (the default): a writer thread commits whatever
+//!   has queued up in one transaction (group commit).
 
 pub mod memory;
+pub mod sqlite;
 
 use std::fmt;
 
-use crate::event::Message;
+use tokio::sync::{oneshot, watch};
+
+use crate::event::{EventBytes, Message, Status};
 
 /// A store failure: the request fails and the server stays up.
 #[derive(Debug)]
@@ -35,43 +42,104 @@ pub struct StoredRoom {
     pub members: Vec<String>,
 }
 
-/// A message the hub asks the store to keep.
+/// One change to durable state, in the order the hub made it.
 #[derive(Debug, Clone)]
-pub struct NewMessage<'a> {
-    pub conversation: &'a str,
-    pub from: &'a str,
-    pub text: &'a str,
-    pub at: u64,
-    pub client_msg_id: Option<&'a str>,
+pub enum Change {
+    Room(StoredRoom),
+    DialogOpened {
+        id: String,
+        members: [String; 2],
+    },
+    DialogClosed {
+        id: String,
+    },
+    Message(Message),
+    ClientOpened {
+        id: u64,
+        token: String,
+        user: String,
+    },
+    ClientClosed {
+        id: u64,
+    },
+    /// A user came online: its mailbox starts empty at `start`.
+    MailboxOpened {
+        user: String,
+        start: u64,
+        presence_seen: u64,
+    },
+    /// Event `seq` of `user`'s mailbox (the JSON object without its seq,
+    /// shared with the live mailbox: no copy per receiver).
+    MailboxEvent {
+        user: String,
+        seq: u64,
+        body: EventBytes,
+    },
+    /// Events up to `start` were dropped from the mailbox.
+    MailboxTrimmed {
+        user: String,
+        start: u64,
+    },
+    PresenceSeen {
+        user: String,
+        version: u64,
+    },
+    /// The user went offline: its mailbox is gone.
+    MailboxClosed {
+        user: String,
+    },
+    Presence {
+        user: String,
+        status: Status,
+        version: u64,
+    },
+    PresenceForgotten {
+        user: String,
+    },
 }
 
-/// What `append_message` did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Appended {
-    /// Stored under a new id.
-    New(Message),
-    /// The sender already sent this `client_msg_id`: the first message.
-    Duplicate(Message),
+/// A restored mailbox.
+#[derive(Debug, Clone, Default)]
+pub struct StoredMailbox {
+    pub user: String,
+    pub start: u64,
+    pub presence_seen: u64,
+    /// (seq, body), in seq order, all > start.
+    pub events: Vec<(u64, Vec<u8>)>,
+}
+
+/// Everything the hub needs to resume after a restart.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub rooms: Vec<StoredRoom>,
+    pub dialogs: Vec<(String, [String; 2])>,
+    /// (client id, token, user)
+    pub clients: Vec<(u64, String, String)>,
+    pub mailboxes: Vec<StoredMailbox>,
+    /// (user, status, version)
+    pub presence: Vec<(String, Status, u64)>,
+    pub presence_version: u64,
+    pub last_client_id: u64,
+    pub last_message_id: u64,
 }
 
 pub trait Store: Send + Sync + 'static {
+    /// Reads the state to resume from (called once, at start).
+    fn load(&self) -> StoreResult<Snapshot>;
+
     /// The password hash of an account, if the name is claimed.
     fn password_hash(&self, name: &str) -> StoreResult<Option<String>>;
 
-    /// Claims a name. Returns false when it was already claimed (the caller
-    /// then checks the password against the existing hash).
-    fn create_account(&self, name: &str, password_hash: &str) -> StoreResult<bool>;
+    /// Claims a name; the answer (false: already claimed) comes once the
+    /// account is durable.
+    fn create_account(
+        &self,
+        name: &str,
+        password_hash: &str,
+    ) -> oneshot::Receiver<StoreResult<bool>>;
 
-    /// Every room (the lobby excepted), read once at start.
-    fn rooms(&self) -> StoreResult<Vec<StoredRoom>>;
-
-    /// Creates or replaces a room with its current member list.
-    fn save_room(&self, room: &StoredRoom) -> StoreResult<()>;
-
-    /// Stores a message and gives it the next message id (ids increase across
-    /// all conversations), unless `(from, client_msg_id)` was stored before.
-    /// Must not return before the message is as durable as the store can make it.
-    fn append_message(&self, message: NewMessage<'_>) -> StoreResult<Appended>;
+    /// A message `from` sent earlier with this `client_msg_id`, if stored.
+    fn find_sent(&self, from: &str, client_msg_id: &str) -> StoreResult<Option<Message>>;
 
     /// Up to `limit` messages of a conversation with id < `before` (all when
     /// `None`), oldest first.
@@ -81,4 +149,18 @@ pub trait Store: Send + Sync + 'static {
         before: Option<u64>,
         limit: usize,
     ) -> StoreResult<Vec<Message>>;
+
+    /// Queues the changes of one hub operation. Tickets increase by one per
+    /// call; the hub calls this under its lock, so order is the hub's order.
+    fn submit(&self, ticket: u64, changes: Vec<Change>);
+
+    /// The highest ticket made durable so far.
+    fn durable(&self) -> watch::Receiver<u64>;
+
+    /// Whether the store keeps live state (clients, mailboxes, presence)
+    /// across restarts. When false the hub does not describe those changes.
+    fn keeps_live_state(&self) -> bool;
+
+    /// Writes whatever is queued and stops; called once at shutdown.
+    fn close(&self) {}
 }

@@ -1,0 +1,849 @@
+//! `SqliteStore`: the durable default, one SQLite database in `--data-dir`.
+//!
+//! Writes: one writer thread owns the write connection. Submissions queue up
+//! while it commits, and it takes everything that queued as one transaction
+//! (group commit), so a burst of sends pays for one commit, not one each.
+//! After each commit it publishes the highest ticket written.
+//!
+//! Durability: WAL mode. `--sync normal` (the default) commits without
+//! fsync: a killed process loses nothing, a power cut may lose the last
+//! commits. `--sync full` fsyncs the WAL at every commit and survives a power
+//! cut too.
+//!
+//! Reads (history, logins, client_msg_id look-ups) use a second connection,
+//! which WAL lets read while the writer writes.
+//!
+//! Schema: versioned by `PRAGMA user_version` and migrated at start, one
+//! transaction per step. A database from a newer parlor is refused untouched.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+use tokio::sync::{oneshot, watch};
+
+use super::{Change, Snapshot, Store, StoreError, StoreResult, StoredMailbox, StoredRoom};
+use crate::config::MAILBOX_CAPACITY;
+use crate::event::{Message, Status};
+
+/// The database file inside the data directory.
+pub const DATABASE_FILE: &str = "parlor.db";
+
+/// Schema steps; `user_version` is how many have been applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: accounts, rooms and message history.
+    "CREATE TABLE accounts (
+         name TEXT PRIMARY KEY,
+         password_hash TEXT NOT NULL,
+         created_at INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE rooms (
+         name TEXT PRIMARY KEY,
+         members TEXT NOT NULL -- JSON array of user names
+     ) WITHOUT ROWID;
+     CREATE TABLE messages (
+         id INTEGER PRIMARY KEY,
+         conversation TEXT NOT NULL,
+         sender TEXT NOT NULL,
+         text TEXT NOT NULL,
+         at INTEGER NOT NULL,
+         client_msg_id TEXT
+     );
+     CREATE INDEX messages_by_conversation ON messages (conversation, id);
+     CREATE UNIQUE INDEX messages_by_client_msg_id ON messages (sender, client_msg_id)
+         WHERE client_msg_id IS NOT NULL;",
+    // 2: live state survives restarts: client processes, mailboxes,
+    // presence and dialogs, plus counters.
+    "CREATE TABLE clients (
+         id INTEGER PRIMARY KEY,
+         token TEXT NOT NULL UNIQUE,
+         user TEXT NOT NULL
+     );
+     CREATE TABLE mailboxes (
+         user TEXT PRIMARY KEY,
+         start INTEGER NOT NULL,
+         presence_seen INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE mailbox_events (
+         user TEXT NOT NULL,
+         seq INTEGER NOT NULL,
+         body BLOB NOT NULL,
+         PRIMARY KEY (user, seq)
+     ) WITHOUT ROWID;
+     CREATE TABLE presence (
+         user TEXT PRIMARY KEY,
+         status TEXT NOT NULL,
+         version INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE dialogs (
+         id TEXT PRIMARY KEY,
+         first TEXT NOT NULL,
+         second TEXT NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE counters (
+         name TEXT PRIMARY KEY,
+         value INTEGER NOT NULL
+     ) WITHOUT ROWID;",
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Jobs taken per transaction at most, so one commit stays bounded.
+const MAX_JOBS_PER_COMMIT: usize = 4096;
+/// How often old history is pruned when a retention is set.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
+/// Longest pause between retries of a failed commit.
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(2);
+
+/// How hard each commit is pushed to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyncMode {
+    /// WAL without fsync per commit: survives a killed process.
+    Normal,
+    /// fsync per commit: survives a power cut.
+    Full,
+}
+
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub sync: SyncMode,
+    /// Delete messages older than this (None: keep all).
+    pub history_retention: Option<Duration>,
+}
+
+pub struct SqliteStore {
+    path: PathBuf,
+    reader: Mutex<Connection>,
+    /// None once the store is shutting down.
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    durable: Arc<watch::Sender<u64>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+enum Job {
+    Submit {
+        ticket: u64,
+        changes: Vec<Change>,
+    },
+    CreateAccount {
+        name: String,
+        password_hash: String,
+        reply: oneshot::Sender<StoreResult<bool>>,
+    },
+}
+
+fn error(context: &str, error: impl std::fmt::Display) -> StoreError {
+    StoreError(format!("{context}: {error}"))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database in `dir`, migrating it to the
+    /// current schema. Fails with a message naming the problem when the
+    /// directory cannot be written, the file is not a parlor database, or it
+    /// comes from a newer parlor.
+    pub fn open(dir: &Path, options: SqliteOptions) -> StoreResult<SqliteStore> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            error(
+                &format!("cannot create the data directory {}", dir.display()),
+                e,
+            )
+        })?;
+        let path = dir.join(DATABASE_FILE);
+        let mut writer = open_writer(&path, options.sync)?;
+        migrate(&mut writer, SCHEMA_VERSION)?;
+        let reader = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| error(&format!("cannot open {} for reading", path.display()), e))?;
+        reader
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(|e| error("cannot configure the reader", e))?;
+
+        let durable = Arc::new(watch::Sender::new(0));
+        let (jobs, queue) = mpsc::channel();
+        let writer_durable = durable.clone();
+        let writer = std::thread::Builder::new()
+            .name("parlor-store-writer".into())
+            .spawn(move || run_writer(writer, queue, writer_durable, options))
+            .map_err(|e| error("cannot start the store writer thread", e))?;
+        Ok(SqliteStore {
+            path,
+            reader: Mutex::new(reader),
+            jobs: Mutex::new(Some(jobs)),
+            durable,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn queue(&self, job: Job) {
+        let jobs = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(jobs) = jobs.as_ref() {
+            if jobs.send(job).is_err() {
+                tracing::error!("the store writer has stopped; a write was dropped");
+            }
+        }
+    }
+
+    /// Writes everything queued, then stops the writer thread.
+    pub fn stop_writer(&self) {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(writer) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.stop_writer();
+    }
+}
+
+fn open_writer(path: &Path, sync: SyncMode) -> StoreResult<Connection> {
+    let connection = Connection::open(path)
+        .map_err(|e| error(&format!("cannot open the database {}", path.display()), e))?;
+    let not_a_database = |e: rusqlite::Error| {
+        error(
+            &format!(
+                "{} is not a usable parlor database (corrupt, or not SQLite)",
+                path.display()
+            ),
+            e,
+        )
+    };
+    connection
+        .busy_timeout(Duration::from_secs(5))
+        .map_err(not_a_database)?;
+    let mode: String = connection
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(not_a_database)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError(format!(
+            "{} cannot use write-ahead logging (journal mode stays {mode}); is the directory writable?",
+            path.display()
+        )));
+    }
+    let synchronous = match sync {
+        SyncMode::Normal => "NORMAL",
+        SyncMode::Full => "FULL",
+    };
+    connection
+        .execute_batch(&format!(
+            "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = OFF;"
+        ))
+        .map_err(not_a_database)?;
+    Ok(connection)
+}
+
+/// Brings the schema to `target` (≤ SCHEMA_VERSION), one transaction per step.
+pub fn migrate(connection: &mut Connection, target: u32) -> StoreResult<()> {
+    let current: u32 = connection
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(|e| error("cannot read the schema version", e))?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError(format!(
+            "the database has schema version {current}, newer than this parlor knows ({SCHEMA_VERSION}); \
+             run a newer parlor or restore a backup (the database was left untouched)"
+        )));
+    }
+    for version in current..target {
+        let step = MIGRATIONS[version as usize];
+        let transaction = connection
+            .transaction()
+            .map_err(|e| error("cannot start a migration", e))?;
+        transaction
+            .execute_batch(step)
+            .and_then(|()| {
+                transaction.execute_batch(&format!("PRAGMA user_version = {}", version + 1))
+            })
+            .and_then(|()| transaction.commit())
+            .map_err(|e| {
+                error(
+                    &format!("migration to schema version {} failed", version + 1),
+                    e,
+                )
+            })?;
+        tracing::info!(version = version + 1, "database schema migrated");
+    }
+    Ok(())
+}
+
+fn run_writer(
+    mut connection: Connection,
+    queue: mpsc::Receiver<Job>,
+    durable: Arc<watch::Sender<u64>>,
+    options: SqliteOptions,
+) {
+    let mut next_pruning = Instant::now();
+    loop {
+        if let Some(retention) = options.history_retention {
+            if Instant::now() >= next_pruning {
+                prune_history(&connection, retention);
+                next_pruning = Instant::now() + RETENTION_INTERVAL;
+            }
+        }
+        let first = match queue.recv_timeout(RETENTION_INTERVAL) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_JOBS_PER_COMMIT {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut backoff = Duration::from_millis(10);
+        let outcome = loop {
+            match write_batch(&mut connection, &batch) {
+                Ok(outcome) => break outcome,
+                Err(e) => {
+                    // Nothing is acknowledged until written: senders wait (and
+                    // time out with 503) while the disk is failing.
+                    tracing::error!(error = %e, "store commit failed; retrying in {backoff:?}");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
+                }
+            }
+        };
+        let mut highest_ticket = None;
+        for (job, created) in batch.into_iter().zip(outcome) {
+            match job {
+                Job::Submit { ticket, .. } => highest_ticket = Some(ticket),
+                Job::CreateAccount { reply, .. } => {
+                    let _ = reply.send(Ok(created));
+                }
+            }
+        }
+        if let Some(ticket) = highest_ticket {
+            durable.send_replace(ticket);
+        }
+    }
+}
+
+/// Writes a batch in one transaction; per job, whether an account was created.
+fn write_batch(connection: &mut Connection, batch: &[Job]) -> rusqlite::Result<Vec<bool>> {
+    let transaction = connection.transaction()?;
+    let mut created = Vec::with_capacity(batch.len());
+    for job in batch {
+        match job {
+            Job::Submit { changes, .. } => {
+                for change in changes {
+                    apply(&transaction, change)?;
+                }
+                created.push(false);
+            }
+            Job::CreateAccount {
+                name,
+                password_hash,
+                ..
+            } => {
+                let inserted = transaction
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO accounts (name, password_hash, created_at) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![name, password_hash, unix_millis()])?;
+                created.push(inserted == 1);
+            }
+        }
+    }
+    transaction.commit()?;
+    Ok(created)
+}
+
+fn apply(transaction: &Transaction<'_>, change: &Change) -> rusqlite::Result<()> {
+    let execute = |sql: &str, values: &[&dyn rusqlite::ToSql]| -> rusqlite::Result<()> {
+        transaction.prepare_cached(sql)?.execute(values)?;
+        Ok(())
+    };
+    match change {
+        Change::Room(room) => {
+            let members = serde_json::to_string(&room.members).expect("names serialize");
+            execute(
+                "INSERT OR REPLACE INTO rooms (name, members) VALUES (?1, ?2)",
+                &[&room.name, &members],
+            )
+        }
+        Change::DialogOpened { id, members } => execute(
+            "INSERT OR REPLACE INTO dialogs (id, first, second) VALUES (?1, ?2, ?3)",
+            &[id, &members[0], &members[1]],
+        ),
+        Change::DialogClosed { id } => execute("DELETE FROM dialogs WHERE id = ?1", &[id]),
+        Change::Message(message) => {
+            execute(
+                "INSERT INTO messages (id, conversation, sender, text, at, client_msg_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                &[
+                    &message.id,
+                    &message.conversation,
+                    &message.from,
+                    &message.text,
+                    &message.at,
+                    &message.client_msg_id,
+                ],
+            )?;
+            bump_counter(transaction, "last_message_id", message.id)
+        }
+        Change::ClientOpened { id, token, user } => {
+            execute(
+                "INSERT OR REPLACE INTO clients (id, token, user) VALUES (?1, ?2, ?3)",
+                &[id, token, user],
+            )?;
+            bump_counter(transaction, "last_client_id", *id)
+        }
+        Change::ClientClosed { id } => execute("DELETE FROM clients WHERE id = ?1", &[id]),
+        Change::MailboxOpened {
+            user,
+            start,
+            presence_seen,
+        } => {
+            execute("DELETE FROM mailbox_events WHERE user = ?1", &[user])?;
+            execute(
+                "INSERT OR REPLACE INTO mailboxes (user, start, presence_seen) VALUES (?1, ?2, ?3)",
+                &[user, start, presence_seen],
+            )
+        }
+        Change::MailboxEvent { user, seq, body } => execute(
+            "INSERT OR REPLACE INTO mailbox_events (user, seq, body) VALUES (?1, ?2, ?3)",
+            &[user, seq, &body.as_bytes()],
+        ),
+        Change::MailboxTrimmed { user, start } => {
+            execute(
+                "UPDATE mailboxes SET start = ?2 WHERE user = ?1",
+                &[user, start],
+            )?;
+            execute(
+                "DELETE FROM mailbox_events WHERE user = ?1 AND seq <= ?2",
+                &[user, start],
+            )
+        }
+        Change::PresenceSeen { user, version } => execute(
+            "UPDATE mailboxes SET presence_seen = ?2 WHERE user = ?1",
+            &[user, version],
+        ),
+        Change::MailboxClosed { user } => {
+            execute("DELETE FROM mailbox_events WHERE user = ?1", &[user])?;
+            execute("DELETE FROM mailboxes WHERE user = ?1", &[user])
+        }
+        Change::Presence {
+            user,
+            status,
+            version,
+        } => {
+            execute(
+                "INSERT OR REPLACE INTO presence (user, status, version) VALUES (?1, ?2, ?3)",
+                &[user, &status_name(*status), version],
+            )?;
+            bump_counter(transaction, "presence_version", *version)
+        }
+        Change::PresenceForgotten { user } => {
+            execute("DELETE FROM presence WHERE user = ?1", &[user])
+        }
+    }
+}
+
+fn bump_counter(transaction: &Transaction<'_>, name: &str, value: u64) -> rusqlite::Result<()> {
+    transaction
+        .prepare_cached(
+            "INSERT INTO counters (name, value) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+        )?
+        .execute(params![name, value])?;
+    Ok(())
+}
+
+fn prune_history(connection: &Connection, retention: Duration) {
+    let cutoff = unix_millis().saturating_sub(retention.as_millis() as u64);
+    match connection.execute("DELETE FROM messages WHERE at < ?1", params![cutoff]) {
+        Ok(0) => {}
+        Ok(deleted) => tracing::info!(deleted, "pruned messages past the history retention"),
+        Err(e) => tracing::error!(error = %e, "pruning history failed"),
+    }
+}
+
+fn status_name(status: Status) -> &'static str {
+    match status {
+        Status::Online => "online",
+        Status::Busy => "busy",
+        Status::Away => "away",
+        Status::Offline => "offline",
+    }
+}
+
+fn status_from(name: &str) -> Status {
+    Status::settable(name).unwrap_or(Status::Offline)
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
+    Ok(Message {
+        id: row.get(0)?,
+        conversation: row.get(1)?,
+        from: row.get(2)?,
+        text: row.get(3)?,
+        at: row.get(4)?,
+        client_msg_id: row.get(5)?,
+    })
+}
+
+impl Store for SqliteStore {
+    fn load(&self) -> StoreResult<Snapshot> {
+        let reader = self.reader();
+        let read = |e| error("cannot read the saved state", e);
+        let mut snapshot = Snapshot::default();
+
+        let mut rooms = reader
+            .prepare("SELECT name, members FROM rooms")
+            .map_err(read)?;
+        for row in rooms
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })
+            .map_err(read)?
+        {
+            let (name, members) = row.map_err(read)?;
+            let members = serde_json::from_str(&members)
+                .map_err(|e| error(&format!("room {name} has unreadable members"), e))?;
+            snapshot.rooms.push(StoredRoom { name, members });
+        }
+
+        let mut dialogs = reader
+            .prepare("SELECT id, first, second FROM dialogs")
+            .map_err(read)?;
+        for row in dialogs
+            .query_map([], |row| Ok((row.get(0)?, [row.get(1)?, row.get(2)?])))
+            .map_err(read)?
+        {
+            snapshot.dialogs.push(row.map_err(read)?);
+        }
+
+        let mut clients = reader
+            .prepare("SELECT id, token, user FROM clients ORDER BY id")
+            .map_err(read)?;
+        for row in clients
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .map_err(read)?
+        {
+            snapshot.clients.push(row.map_err(read)?);
+        }
+
+        let mut mailboxes = reader
+            .prepare("SELECT user, start, presence_seen FROM mailboxes")
+            .map_err(read)?;
+        let mut events = reader
+            .prepare("SELECT seq, body FROM mailbox_events WHERE user = ?1 AND seq > ?2 ORDER BY seq DESC LIMIT ?3")
+            .map_err(read)?;
+        for row in mailboxes
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, u64>(1)?,
+                    row.get::<_, u64>(2)?,
+                ))
+            })
+            .map_err(read)?
+        {
+            let (user, mut start, presence_seen) = row.map_err(read)?;
+            let mut kept: Vec<(u64, Vec<u8>)> = events
+                .query_map(params![user, start, MAILBOX_CAPACITY as u64], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .map_err(read)?
+                .collect::<Result<_, _>>()
+                .map_err(read)?;
+            kept.reverse();
+            // Trims are written in steps; the newest CAPACITY events are what
+            // the mailbox holds, and they must run on without a hole.
+            if let Some(&(first, _)) = kept.first() {
+                start = first - 1;
+            }
+            if kept.windows(2).any(|pair| pair[1].0 != pair[0].0 + 1) {
+                return Err(StoreError(format!("the saved mailbox of {user} has a gap")));
+            }
+            snapshot.mailboxes.push(StoredMailbox {
+                user,
+                start,
+                presence_seen,
+                events: kept,
+            });
+        }
+
+        let mut presence = reader
+            .prepare("SELECT user, status, version FROM presence")
+            .map_err(read)?;
+        for row in presence
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, u64>(2)?,
+                ))
+            })
+            .map_err(read)?
+        {
+            let (user, status, version) = row.map_err(read)?;
+            snapshot
+                .presence
+                .push((user, status_from(&status), version));
+        }
+
+        let counter = |name: &str| -> StoreResult<u64> {
+            reader
+                .query_row(
+                    "SELECT value FROM counters WHERE name = ?1",
+                    [name],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map(Option::unwrap_or_default)
+                .map_err(read)
+        };
+        snapshot.presence_version = counter("presence_version")?;
+        snapshot.last_client_id = counter("last_client_id")?;
+        snapshot.last_message_id = counter("last_message_id")?.max(
+            reader
+                .query_row("SELECT coalesce(max(id), 0) FROM messages", [], |row| {
+                    row.get(0)
+                })
+                .map_err(read)?,
+        );
+        Ok(snapshot)
+    }
+
+    fn password_hash(&self, name: &str) -> StoreResult<Option<String>> {
+        self.reader()
+            .prepare_cached("SELECT password_hash FROM accounts WHERE name = ?1")
+            .and_then(|mut statement| statement.query_row([name], |row| row.get(0)).optional())
+            .map_err(|e| error("cannot read an account", e))
+    }
+
+    fn create_account(
+        &self,
+        name: &str,
+        password_hash: &str,
+    ) -> oneshot::Receiver<StoreResult<bool>> {
+        let (reply, answer) = oneshot::channel();
+        self.queue(Job::CreateAccount {
+            name: name.to_owned(),
+            password_hash: password_hash.to_owned(),
+            reply,
+        });
+        answer
+    }
+
+    fn find_sent(&self, from: &str, client_msg_id: &str) -> StoreResult<Option<Message>> {
+        self.reader()
+            .prepare_cached(
+                "SELECT id, conversation, sender, text, at, client_msg_id FROM messages
+                 WHERE sender = ?1 AND client_msg_id = ?2",
+            )
+            .and_then(|mut statement| {
+                statement
+                    .query_row([from, client_msg_id], message_from_row)
+                    .optional()
+            })
+            .map_err(|e| error("cannot look up a sent message", e))
+    }
+
+    fn history(
+        &self,
+        conversation: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Vec<Message>> {
+        let before = before.unwrap_or(i64::MAX as u64).min(i64::MAX as u64);
+        let mut messages = self
+            .reader()
+            .prepare_cached(
+                "SELECT id, conversation, sender, text, at, client_msg_id FROM messages
+                 WHERE conversation = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+            )
+            .and_then(|mut statement| {
+                statement
+                    .query_map(
+                        params![conversation, before, limit as u64],
+                        message_from_row,
+                    )?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(|e| error("cannot read history", e))?;
+        messages.reverse();
+        Ok(messages)
+    }
+
+    fn submit(&self, ticket: u64, changes: Vec<Change>) {
+        self.queue(Job::Submit { ticket, changes });
+    }
+
+    fn durable(&self) -> watch::Receiver<u64> {
+        self.durable.subscribe()
+    }
+
+    fn keeps_live_state(&self) -> bool {
+        true
+    }
+
+    fn close(&self) {
+        self.stop_writer();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventBytes;
+
+    fn options() -> SqliteOptions {
+        SqliteOptions {
+            sync: SyncMode::Normal,
+            history_retention: None,
+        }
+    }
+
+    fn message(id: u64, text: &str) -> Change {
+        Change::Message(Message {
+            id,
+            conversation: "lobby".into(),
+            from: "ann".into(),
+            text: text.into(),
+            at: unix_millis(),
+            client_msg_id: Some(format!("c{id}")),
+        })
+    }
+
+    fn wait_durable(store: &SqliteStore, ticket: u64) {
+        let mut durable = store.durable();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while *durable.borrow_and_update() < ticket {
+            assert!(
+                Instant::now() < deadline,
+                "ticket {ticket} never became durable"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn what_is_submitted_is_there_after_reopening() {
+        let dir = tempdir("reopen");
+        {
+            let store = SqliteStore::open(&dir, options()).unwrap();
+            store.submit(1, vec![message(1, "one"), message(2, "two")]);
+            store.submit(
+                2,
+                vec![
+                    Change::ClientOpened {
+                        id: 7,
+                        token: "t7".into(),
+                        user: "ann".into(),
+                    },
+                    Change::MailboxOpened {
+                        user: "ann".into(),
+                        start: 0,
+                        presence_seen: 0,
+                    },
+                    Change::MailboxEvent {
+                        user: "ann".into(),
+                        seq: 1,
+                        body: EventBytes::from_stored(b"{\"type\":\"x\"}".to_vec()),
+                    },
+                    Change::MailboxEvent {
+                        user: "ann".into(),
+                        seq: 2,
+                        body: EventBytes::from_stored(b"{\"type\":\"y\"}".to_vec()),
+                    },
+                    Change::Presence {
+                        user: "ann".into(),
+                        status: Status::Busy,
+                        version: 3,
+                    },
+                ],
+            );
+            wait_durable(&store, 2);
+        }
+        let store = SqliteStore::open(&dir, options()).unwrap();
+        let snapshot = store.load().unwrap();
+        assert_eq!(
+            snapshot.clients,
+            vec![(7, "t7".to_owned(), "ann".to_owned())]
+        );
+        assert_eq!(snapshot.mailboxes.len(), 1);
+        assert_eq!(snapshot.mailboxes[0].events.len(), 2);
+        assert_eq!(snapshot.presence, vec![("ann".to_owned(), Status::Busy, 3)]);
+        assert_eq!(
+            (
+                snapshot.presence_version,
+                snapshot.last_client_id,
+                snapshot.last_message_id
+            ),
+            (3, 7, 2)
+        );
+        assert_eq!(store.find_sent("ann", "c2").unwrap().unwrap().text, "two");
+        let history = store.history("lobby", None, 10).unwrap();
+        assert_eq!(history.iter().map(|m| m.id).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_and_left_untouched() {
+        let dir = tempdir("newer");
+        {
+            let connection = Connection::open(dir.join(DATABASE_FILE)).unwrap();
+            connection
+                .execute_batch("PRAGMA user_version = 99; CREATE TABLE keep (x);")
+                .unwrap();
+        }
+        let Err(refused) = SqliteStore::open(&dir, options()) else {
+            panic!("a newer schema must be refused")
+        };
+        assert!(refused.0.contains("newer"), "{refused}");
+        let connection = Connection::open(dir.join(DATABASE_FILE)).unwrap();
+        let version: u32 = connection
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 99);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_a_clear_error() {
+        let dir = tempdir("garbage");
+        std::fs::write(dir.join(DATABASE_FILE), vec![0x42u8; 8192]).unwrap();
+        let Err(refused) = SqliteStore::open(&dir, options()) else {
+            panic!("garbage must be refused")
+        };
+        assert!(
+            refused.0.contains("not a usable parlor database"),
+            "{refused}"
+        );
+    }
+
+    pub(crate) fn tempdir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("parlor-unit-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}
