@@ -614,3 +614,24 @@ fn bad_data_directories_are_clear_errors_at_start() {
     }
     let _ = std::fs::remove_file(blocked);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_send_is_readable_by_the_very_next_poll() {
+    let dir = data_dir("read-your-writes");
+    let mut config = common::test_config();
+    config.ephemeral = false;
+    config.data_dir = dir.clone();
+    let server = common::TestServer::start_with(config).await;
+    let ann = server.join("ann").await;
+    let mut bob = server.join("bob").await;
+    bob.events_now().await;
+    for n in 0..100 {
+        let text = format!("now {n}");
+        assert_eq!(ann.send("lobby", &text).await.status, 200);
+        // No waiting: the answer above promised the message is stored.
+        let events = bob.events_now().await;
+        assert_eq!(message_texts(&events), [text]);
+    }
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -218,7 +218,7 @@ impl Hub {
         // Whatever restoring had to tidy (e.g. a dialog of a user who did
         // not come back) is written like any other change.
         let durable = store.durable();
-        state.flush(&*store, *durable.borrow());
+        state.flush(&*store, &durable);
         Ok(Hub {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
@@ -234,8 +234,7 @@ impl Hub {
     /// Ends an operation: submits its changes and wakes (now, or once they
     /// are durable) the users it delivered to. Returns its ticket.
     fn finish(&self, state: &mut State) -> u64 {
-        let durable = *self.shared.durable.borrow();
-        state.flush(&*self.shared.store, durable)
+        state.flush(&*self.shared.store, &self.shared.durable)
     }
 
     /// Makes events up to `ticket` visible and wakes their readers.
@@ -371,8 +370,9 @@ impl Hub {
     /// GET /sync: a fresh snapshot and the current head, for a client whose
     /// cursor expired.
     pub fn sync(&self, token: &str) -> ApiResult<Session> {
-        let state = self.state();
+        let mut state = self.state();
         let key = state.client_key(token)?;
+        state.advance_durable(*self.shared.durable.borrow(), Instant::now());
         Ok(state.session(key, self.shared.config))
     }
 
@@ -421,6 +421,9 @@ impl Hub {
         let now = Instant::now();
         let mut state = self.state();
         let key = state.client_key(token)?;
+        // Catch up with the store first: a /send answered 200 a moment ago
+        // must be readable now, even if the visibility task has not run yet.
+        state.advance_durable(*self.shared.durable.borrow(), now);
         // A newer poll of the same client wins; the older is answered empty.
         state.clients.supersede(key, now);
         let user_name = state.user_of(key)?;
@@ -964,7 +967,7 @@ impl State {
     /// Submits the current operation's changes under the next ticket and
     /// wakes the users it delivered to — at once if the store is already
     /// durable that far (the in-memory store), else once it is.
-    fn flush(&mut self, store: &dyn Store, durable: u64) -> u64 {
+    fn flush(&mut self, store: &dyn Store, durable: &watch::Receiver<u64>) -> u64 {
         if self.changes.is_empty() && self.to_wake.is_empty() {
             return self.last_ticket;
         }
@@ -975,8 +978,9 @@ impl State {
         if !to_wake.is_empty() {
             self.awaiting.push_back((ticket, to_wake));
         }
-        // The in-memory store is durable as soon as it is submitted to.
-        let durable = durable.max(*store.durable().borrow());
+        // Read after submitting: the in-memory store is durable as soon as
+        // it is submitted to.
+        let durable = *durable.borrow();
         if durable >= ticket {
             self.advance_durable(durable, Instant::now());
         }

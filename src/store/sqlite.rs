@@ -340,15 +340,24 @@ fn run_writer(
     }
 }
 
+/// Highest ids seen in a batch, written once per commit.
+#[derive(Default)]
+struct Counters {
+    last_message_id: Option<u64>,
+    last_client_id: Option<u64>,
+    presence_version: Option<u64>,
+}
+
 /// Writes a batch in one transaction; per job, whether an account was created.
 fn write_batch(connection: &mut Connection, batch: &[Job]) -> rusqlite::Result<Vec<bool>> {
     let transaction = connection.transaction()?;
     let mut created = Vec::with_capacity(batch.len());
+    let mut counters = Counters::default();
     for job in batch {
         match job {
             Job::Submit { changes, .. } => {
                 for change in changes {
-                    apply(&transaction, change)?;
+                    apply(&transaction, change, &mut counters)?;
                 }
                 created.push(false);
             }
@@ -366,11 +375,24 @@ fn write_batch(connection: &mut Connection, batch: &[Job]) -> rusqlite::Result<V
             }
         }
     }
+    for (name, value) in [
+        ("last_message_id", counters.last_message_id),
+        ("last_client_id", counters.last_client_id),
+        ("presence_version", counters.presence_version),
+    ] {
+        if let Some(value) = value {
+            bump_counter(&transaction, name, value)?;
+        }
+    }
     transaction.commit()?;
     Ok(created)
 }
 
-fn apply(transaction: &Transaction<'_>, change: &Change) -> rusqlite::Result<()> {
+fn apply(
+    transaction: &Transaction<'_>,
+    change: &Change,
+    counters: &mut Counters,
+) -> rusqlite::Result<()> {
     let execute = |sql: &str, values: &[&dyn rusqlite::ToSql]| -> rusqlite::Result<()> {
         transaction.prepare_cached(sql)?.execute(values)?;
         Ok(())
@@ -401,7 +423,8 @@ fn apply(transaction: &Transaction<'_>, change: &Change) -> rusqlite::Result<()>
                     &message.client_msg_id,
                 ],
             )?;
-            bump_counter(transaction, "last_message_id", message.id)
+            counters.last_message_id = counters.last_message_id.max(Some(message.id));
+            Ok(())
         }
         Change::ClientOpened { id, token, user } => {
             execute(
@@ -453,7 +476,8 @@ fn apply(transaction: &Transaction<'_>, change: &Change) -> rusqlite::Result<()>
                 "INSERT OR REPLACE INTO presence (user, status, version) VALUES (?1, ?2, ?3)",
                 &[user, &status_name(*status), version],
             )?;
-            bump_counter(transaction, "presence_version", *version)
+            counters.presence_version = counters.presence_version.max(Some(*version));
+            Ok(())
         }
         Change::PresenceForgotten { user } => {
             execute("DELETE FROM presence WHERE user = ?1", &[user])
