@@ -185,7 +185,7 @@ fn send_throughput(c: &mut Criterion) {
 /// Builds (once) a database with 1M messages and 10k users, 1k of them
 /// online with full mailboxes, through the same SQL the server uses.
 fn large_database() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("startup-1m");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("startup-1m-v3");
     let marker = dir.join("complete");
     if marker.exists() {
         return dir;

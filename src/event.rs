@@ -23,6 +23,11 @@ impl EventBytes {
         &self.0
     }
 
+    /// Whether both are the same serialized event (not merely equal bytes).
+    pub fn same_event(&self, other: &EventBytes) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// An event read back from the store (written by `Event::to_bytes`).
     pub fn from_stored(json: Vec<u8>) -> EventBytes {
         EventBytes(json.into())

@@ -111,11 +111,21 @@ impl Node {
 
     /// Polls without waiting; returns (new cursor, events) or the error answer.
     async fn poll(&self, token: &str, cursor: u64) -> Result<(u64, Vec<Value>), Answer> {
+        self.poll_waiting(token, cursor, 0).await
+    }
+
+    async fn poll_waiting(
+        &self,
+        token: &str,
+        cursor: u64,
+        timeout_ms: u64,
+    ) -> Result<(u64, Vec<Value>), Answer> {
         let cursor = cursor.to_string();
+        let timeout = timeout_ms.to_string();
         let answer = self
             .get(
                 "/poll",
-                &[("token", token), ("cursor", &cursor), ("timeout", "0")],
+                &[("token", token), ("cursor", &cursor), ("timeout", &timeout)],
             )
             .await;
         if answer.status != 200 {
@@ -127,12 +137,13 @@ impl Node {
         ))
     }
 
-    /// Reads every event after `cursor` until none is left.
+    /// Reads every event after `cursor` until none is left (each poll waits
+    /// a little, so events still being committed arrive too).
     async fn drain(&self, token: &str, mut cursor: u64) -> (u64, Vec<Value>) {
         let mut all = Vec::new();
         loop {
             let (next, events) = self
-                .poll(token, cursor)
+                .poll_waiting(token, cursor, 300)
                 .await
                 .unwrap_or_else(|a| panic!("poll: {}", a.text));
             if events.is_empty() {
@@ -633,5 +644,52 @@ async fn an_acknowledged_send_is_readable_by_the_very_next_poll() {
         assert_eq!(message_texts(&events), [text]);
     }
     server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_2_database_with_live_clients_is_migrated_and_they_resume() {
+    let dir = data_dir("migrate-v2");
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = "0123456789abcdef0123456789abcdef01234567";
+    {
+        // Schema 2 kept one row per mailbox event.
+        let mut db = rusqlite::Connection::open(dir.join("parlor.db")).unwrap();
+        parlor::store::sqlite::migrate(&mut db, 2).unwrap();
+        db.execute_batch(&format!(
+            r#"INSERT INTO clients VALUES (5, '{token}', 'ann');
+               INSERT INTO mailboxes VALUES ('ann', 0, 0);
+               INSERT INTO mailbox_events VALUES
+                   ('ann', 1, '{{"type":"notification","data":"one"}}'),
+                   ('ann', 2, '{{"type":"notification","data":"two"}}'),
+                   ('ann', 3, '{{"type":"notification","data":"three"}}');
+               INSERT INTO presence VALUES ('ann', 'online', 1);
+               INSERT INTO counters VALUES ('presence_version', 1), ('last_client_id', 5);"#
+        ))
+        .unwrap();
+    }
+    let node = Node::start(&dir, &[]);
+    // The client polls on from cursor 1 as if nothing happened.
+    let (cursor, events) = node.poll(token, 1).await.unwrap();
+    assert_eq!(cursor, 3);
+    let data: Vec<_> = events.iter().map(|e| e["data"].clone()).collect();
+    assert_eq!(data, [json!("two"), json!("three")]);
+    assert_eq!(seqs(&events), [2, 3]);
+    // And the stream goes on with the next number.
+    let (bob, _) = node.join("bob", "pw").await;
+    node.post(
+        "/send",
+        &[("token", &bob), ("conversation", "lobby"), ("text", "hi")],
+    )
+    .await;
+    let (_, more) = node.drain(token, cursor).await;
+    assert_eq!(seqs(&more)[0], 4);
+    assert!(message_texts(&more).contains(&"hi".to_owned()));
+    node.terminate();
+    let db = rusqlite::Connection::open(dir.join("parlor.db")).unwrap();
+    let version: u32 = db
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 3);
     let _ = std::fs::remove_dir_all(&dir);
 }

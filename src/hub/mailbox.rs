@@ -17,15 +17,24 @@ use crate::config::MAILBOX_CAPACITY;
 use crate::event::EventBytes;
 
 #[derive(Debug)]
+struct Entry {
+    event: EventBytes,
+    ticket: u64,
+    delivery: u64,
+}
+
+#[derive(Debug)]
 pub struct Mailbox {
     /// Sequence number of the newest event dropped (0 when none was): the
     /// oldest cursor that can still be served.
     start: u64,
     /// Events numbered `start + 1 ..= start + len`, each with the store
-    /// ticket that makes it durable (0: already durable).
-    events: VecDeque<(EventBytes, u64)>,
-    /// `start` as last written to the store (trims are written in steps).
-    pub persisted_start: u64,
+    /// ticket that makes it durable (0: already durable) and the store's
+    /// delivery id for it (0 when the store keeps no live state).
+    events: VecDeque<Entry>,
+    /// The window (start, oldest delivery) as last written to the store;
+    /// written in steps, so it may lag behind (never ahead of) the real one.
+    pub persisted_window: Option<(u64, u64)>,
     /// The presence-board version this mailbox has copied changes up to
     /// (see `presence`).
     pub presence_seen: u64,
@@ -52,29 +61,43 @@ impl Mailbox {
         Mailbox {
             start: 0,
             events: VecDeque::new(),
-            persisted_start: 0,
+            persisted_window: None,
             presence_seen,
         }
     }
 
-    /// A mailbox as the store kept it: events `start + 1 ..`, all durable.
+    /// A mailbox as the store kept it: events `start + 1 ..` with their
+    /// delivery ids, all durable.
     pub fn restore(
         start: u64,
         presence_seen: u64,
-        events: impl IntoIterator<Item = EventBytes>,
+        events: impl IntoIterator<Item = (EventBytes, u64)>,
     ) -> Mailbox {
-        let mut events: VecDeque<_> = events.into_iter().map(|event| (event, 0)).collect();
+        let mut events: VecDeque<_> = events
+            .into_iter()
+            .map(|(event, delivery)| Entry {
+                event,
+                ticket: 0,
+                delivery,
+            })
+            .collect();
         let mut start = start;
         while events.len() > MAILBOX_CAPACITY {
             events.pop_front();
             start += 1;
         }
+        let persisted_window = events.front().map(|entry| (start, entry.delivery));
         Mailbox {
             start,
             events,
-            persisted_start: start,
+            persisted_window,
             presence_seen,
         }
+    }
+
+    /// The store delivery id of the oldest event kept.
+    pub fn oldest_delivery(&self) -> Option<u64> {
+        self.events.front().map(|entry| entry.delivery)
     }
 
     /// Sequence number of the oldest cursor still served.
@@ -88,7 +111,7 @@ impl Mailbox {
             .events
             .iter()
             .rev()
-            .take_while(|(_, ticket)| *ticket > durable)
+            .take_while(|entry| entry.ticket > durable)
             .count();
         self.head() - pending as u64
     }
@@ -114,11 +137,20 @@ impl Mailbox {
 
     /// Appends an event that becomes durable with store ticket `ticket`.
     pub fn push_pending(&mut self, event: EventBytes, ticket: u64) -> u64 {
+        self.push_delivered(event, ticket, 0)
+    }
+
+    /// Appends an event stored as delivery `delivery`, durable with `ticket`.
+    pub fn push_delivered(&mut self, event: EventBytes, ticket: u64, delivery: u64) -> u64 {
         if self.events.len() == MAILBOX_CAPACITY {
             self.events.pop_front();
             self.start += 1;
         }
-        self.events.push_back((event, ticket));
+        self.events.push_back(Entry {
+            event,
+            ticket,
+            delivery,
+        });
         self.head()
     }
 
@@ -144,8 +176,8 @@ impl Mailbox {
             .iter()
             .skip(skip)
             .take(limit)
-            .take_while(|(_, ticket)| *ticket <= durable)
-            .map(|(event, _)| event)
+            .take_while(|entry| entry.ticket <= durable)
+            .map(|entry| &entry.event)
             .collect();
         if events.is_empty() {
             return Read::UpToDate;

@@ -176,6 +176,9 @@ struct State {
     persist_live: bool,
     /// Changes made by the current operation, submitted by `flush`.
     changes: Vec<Change>,
+    /// Mailbox window moves of the current operation (see `Persist`).
+    window_changes: Vec<Change>,
+    last_delivery_id: u64,
     /// Users whose mailboxes got events in the current operation.
     to_wake: Vec<String>,
     /// The last ticket submitted; the current operation's is the next one.
@@ -865,6 +868,8 @@ impl State {
             shutting_down: false,
             persist_live: store.keeps_live_state(),
             changes: Vec::new(),
+            window_changes: Vec::new(),
+            last_delivery_id: snapshot.last_delivery_id,
             to_wake: Vec::new(),
             last_ticket: 0,
             durable_through: 0,
@@ -888,7 +893,7 @@ impl State {
                         kept.presence_seen,
                         kept.events
                             .into_iter()
-                            .map(|(_, body)| EventBytes::from_stored(body)),
+                            .map(|(_, delivery, body)| (body, delivery)),
                     ),
                     None => {
                         let presence_seen = state.presence.version();
@@ -896,6 +901,7 @@ impl State {
                             user: user.clone(),
                             start: 0,
                             presence_seen,
+                            after_delivery: state.last_delivery_id,
                         });
                         Mailbox::new(presence_seen)
                     }
@@ -952,6 +958,7 @@ impl State {
             }
         }
         if !state.persist_live {
+            state.window_changes.clear();
             state.changes.retain(|change| {
                 !matches!(
                     change,
@@ -968,6 +975,7 @@ impl State {
     /// wakes the users it delivered to — at once if the store is already
     /// durable that far (the in-memory store), else once it is.
     fn flush(&mut self, store: &dyn Store, durable: &watch::Receiver<u64>) -> u64 {
+        self.changes.append(&mut self.window_changes);
         if self.changes.is_empty() && self.to_wake.is_empty() {
             return self.last_ticket;
         }
@@ -1084,6 +1092,7 @@ impl State {
                     user: name.to_owned(),
                     start: 0,
                     presence_seen,
+                    after_delivery: self.last_delivery_id,
                 });
             }
         }
@@ -1191,13 +1200,12 @@ impl State {
         let Some(online) = self.users.get_mut(user) else {
             return false;
         };
-        append(
-            online,
-            user,
-            event.clone(),
-            ticket,
-            self.persist_live.then_some(&mut self.changes),
-        );
+        let persist = self.persist_live.then_some(Persist {
+            changes: &mut self.changes,
+            windows: &mut self.window_changes,
+            last_delivery_id: &mut self.last_delivery_id,
+        });
+        append(online, user, event.clone(), ticket, persist);
         self.to_wake.push(user.to_owned());
         true
     }
@@ -1208,18 +1216,19 @@ impl State {
             let State {
                 users,
                 changes,
+                window_changes,
+                last_delivery_id,
                 to_wake,
                 persist_live,
                 ..
             } = self;
             for (name, user) in users.iter_mut() {
-                append(
-                    user,
-                    name,
-                    event.clone(),
-                    ticket,
-                    persist_live.then_some(&mut *changes),
-                );
+                let persist = persist_live.then_some(Persist {
+                    changes: &mut *changes,
+                    windows: &mut *window_changes,
+                    last_delivery_id: &mut *last_delivery_id,
+                });
+                append(user, name, event.clone(), ticket, persist);
                 to_wake.push(name.clone());
             }
             return;
@@ -1244,6 +1253,8 @@ impl State {
             users,
             presence,
             changes,
+            window_changes,
+            last_delivery_id,
             to_wake,
             persist_live,
             ..
@@ -1271,13 +1282,12 @@ impl State {
         let any = !copied.is_empty();
         for (version, event) in copied {
             seen = seen.max(version);
-            append(
-                online,
-                user,
-                event,
-                ticket,
-                persist_live.then_some(&mut *changes),
-            );
+            let persist = persist_live.then_some(Persist {
+                changes: &mut *changes,
+                windows: &mut *window_changes,
+                last_delivery_id: &mut *last_delivery_id,
+            });
+            append(online, user, event, ticket, persist);
         }
         online.mailbox.presence_seen = seen;
         if *persist_live {
@@ -1358,29 +1368,58 @@ impl State {
     }
 }
 
-/// Appends to one mailbox and describes the append (and any trim) for the store.
+/// Where a mailbox append is described for the store, when it keeps live
+/// state.
+struct Persist<'a> {
+    changes: &'a mut Vec<Change>,
+    /// Window changes, kept apart so that consecutive appends of one event
+    /// (a fan-out) find their `Delivered` last in `changes` and join it.
+    windows: &'a mut Vec<Change>,
+    last_delivery_id: &'a mut u64,
+}
+
+/// Appends to one mailbox and describes the append (and any window move)
+/// for the store: appends of the same event in a row share one delivery.
 fn append(
     online: &mut OnlineUser,
     user: &str,
     event: EventBytes,
     ticket: u64,
-    changes: Option<&mut Vec<Change>>,
+    persist: Option<Persist<'_>>,
 ) {
-    let seq = online.mailbox.push_pending(event.clone(), ticket);
-    let Some(changes) = changes else {
+    let Some(persist) = persist else {
+        online.mailbox.push_pending(event, ticket);
         return;
     };
-    changes.push(Change::MailboxEvent {
-        user: user.to_owned(),
-        seq,
-        body: event,
-    });
+    let joins_last = matches!(
+        persist.changes.last(),
+        Some(Change::Delivered { body, .. }) if body.same_event(&event)
+    );
+    if !joins_last {
+        *persist.last_delivery_id += 1;
+        persist.changes.push(Change::Delivered {
+            id: *persist.last_delivery_id,
+            body: event.clone(),
+            recipients: Vec::new(),
+        });
+    }
+    let delivery = *persist.last_delivery_id;
+    let seq = online.mailbox.push_delivered(event, ticket, delivery);
+    if let Some(Change::Delivered { recipients, .. }) = persist.changes.last_mut() {
+        recipients.push((user.to_owned(), seq));
+    }
     let mailbox = &mut online.mailbox;
-    if mailbox.start() >= mailbox.persisted_start + TRIM_WRITE_STEP {
-        mailbox.persisted_start = mailbox.start();
-        changes.push(Change::MailboxTrimmed {
+    let moved = match mailbox.persisted_window {
+        None => true,
+        Some((start, _)) => mailbox.start() >= start + TRIM_WRITE_STEP,
+    };
+    if moved {
+        let oldest = mailbox.oldest_delivery().unwrap_or(delivery);
+        mailbox.persisted_window = Some((mailbox.start(), oldest));
+        persist.windows.push(Change::MailboxWindow {
             user: user.to_owned(),
             start: mailbox.start(),
+            oldest_delivery: oldest,
         });
     }
 }

@@ -62,23 +62,30 @@ pub enum Change {
     ClientClosed {
         id: u64,
     },
-    /// A user came online: its mailbox starts empty at `start`.
+    /// A user came online: its mailbox starts empty at `start`. Deliveries
+    /// up to `after_delivery` belong to earlier mailboxes of the user.
     MailboxOpened {
         user: String,
         start: u64,
         presence_seen: u64,
+        after_delivery: u64,
     },
-    /// Event `seq` of `user`'s mailbox (the JSON object without its seq,
-    /// shared with the live mailbox: no copy per receiver).
-    MailboxEvent {
-        user: String,
-        seq: u64,
+    /// One event (the JSON object without its seq, shared with the live
+    /// mailboxes) appended to several mailboxes: stored once, with each
+    /// recipient's sequence number. A message to a room of 5 000 is one of
+    /// these, not 5 000.
+    Delivered {
+        id: u64,
         body: EventBytes,
+        recipients: Vec<(String, u64)>,
     },
-    /// Events up to `start` were dropped from the mailbox.
-    MailboxTrimmed {
+    /// The mailbox keeps events after `start`, the oldest being in delivery
+    /// `oldest_delivery`. Deliveries older than every mailbox's oldest are
+    /// deleted.
+    MailboxWindow {
         user: String,
         start: u64,
+        oldest_delivery: u64,
     },
     PresenceSeen {
         user: String,
@@ -104,8 +111,8 @@ pub struct StoredMailbox {
     pub user: String,
     pub start: u64,
     pub presence_seen: u64,
-    /// (seq, body), in seq order, all > start.
-    pub events: Vec<(u64, Vec<u8>)>,
+    /// (seq, delivery id, body), in seq order, all > start.
+    pub events: Vec<(u64, u64, EventBytes)>,
 }
 
 /// Everything the hub needs to resume after a restart.
@@ -121,6 +128,7 @@ pub struct Snapshot {
     pub presence_version: u64,
     pub last_client_id: u64,
     pub last_message_id: u64,
+    pub last_delivery_id: u64,
 }
 
 pub trait Store: Send + Sync + 'static {

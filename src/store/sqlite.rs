@@ -16,6 +16,7 @@
 //! Schema: versioned by `PRAGMA user_version` and migrated at start, one
 //! transaction per step. A database from a newer parlor is refused untouched.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -27,7 +28,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::{Change, Snapshot, Store, StoreError, StoreResult, StoredMailbox, StoredRoom};
 use crate::config::MAILBOX_CAPACITY;
-use crate::event::{Message, Status};
+use crate::event::{EventBytes, Message, Status};
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "parlor.db";
@@ -87,6 +88,25 @@ const MIGRATIONS: &[&str] = &[
          name TEXT PRIMARY KEY,
          value INTEGER NOT NULL
      ) WITHOUT ROWID;",
+    // 3: an event is stored once with its recipients ([[user, seq], ...]),
+    // not once per mailbox: a message to a room of 5 000 is one row. Each
+    // mailbox records the oldest delivery it still holds, so older ones can
+    // be deleted.
+    "CREATE TABLE deliveries (
+         id INTEGER PRIMARY KEY,
+         body BLOB NOT NULL,
+         recipients TEXT NOT NULL
+     );
+     INSERT INTO deliveries (body, recipients)
+         SELECT CAST(body AS BLOB), json_array(json_array(user, seq)) FROM mailbox_events ORDER BY user, seq;
+     ALTER TABLE mailboxes ADD COLUMN oldest_delivery INTEGER;
+     ALTER TABLE mailboxes ADD COLUMN opened_after INTEGER NOT NULL DEFAULT 0;
+     UPDATE mailboxes SET oldest_delivery =
+         (SELECT min(id) FROM deliveries WHERE json_extract(recipients, '$[0][0]') = mailboxes.user);
+     INSERT INTO counters (name, value)
+         SELECT 'last_delivery_id', coalesce(max(id), 0) FROM deliveries WHERE true
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value;
+     DROP TABLE mailbox_events;",
 ];
 
 /// The schema version this build writes.
@@ -94,6 +114,8 @@ pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Jobs taken per transaction at most, so one commit stays bounded.
 const MAX_JOBS_PER_COMMIT: usize = 4096;
+/// Deliveries no mailbox holds any more are deleted at most this often.
+const DELIVERY_GC_INTERVAL: Duration = Duration::from_secs(1);
 /// How often old history is pruned when a retention is set.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
 /// Longest pause between retries of a failed commit.
@@ -293,17 +315,34 @@ fn run_writer(
     options: SqliteOptions,
 ) {
     let mut next_pruning = Instant::now();
+    let mut next_gc = Instant::now();
+    let mut windows_moved = false;
     loop {
+        if windows_moved && Instant::now() >= next_gc {
+            collect_deliveries(&connection);
+            windows_moved = false;
+            next_gc = Instant::now() + DELIVERY_GC_INTERVAL;
+        }
         if let Some(retention) = options.history_retention {
             if Instant::now() >= next_pruning {
                 prune_history(&connection, retention);
                 next_pruning = Instant::now() + RETENTION_INTERVAL;
             }
         }
-        let first = match queue.recv_timeout(RETENTION_INTERVAL) {
+        let wait = if windows_moved {
+            DELIVERY_GC_INTERVAL
+        } else {
+            RETENTION_INTERVAL
+        };
+        let first = match queue.recv_timeout(wait) {
             Ok(job) => job,
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if windows_moved {
+                    collect_deliveries(&connection);
+                }
+                return;
+            }
         };
         let mut batch = vec![first];
         while batch.len() < MAX_JOBS_PER_COMMIT {
@@ -325,6 +364,11 @@ fn run_writer(
                 }
             }
         };
+        windows_moved |= batch.iter().any(|job| {
+            matches!(job, Job::Submit { changes, .. } if changes.iter().any(|change| {
+                matches!(change, Change::MailboxWindow { .. } | Change::MailboxClosed { .. })
+            }))
+        });
         let mut highest_ticket = None;
         for (job, created) in batch.into_iter().zip(outcome) {
             match job {
@@ -343,6 +387,7 @@ fn run_writer(
 /// Highest ids seen in a batch, written once per commit.
 #[derive(Default)]
 struct Counters {
+    last_delivery_id: Option<u64>,
     last_message_id: Option<u64>,
     last_client_id: Option<u64>,
     presence_version: Option<u64>,
@@ -376,6 +421,7 @@ fn write_batch(connection: &mut Connection, batch: &[Job]) -> rusqlite::Result<V
         }
     }
     for (name, value) in [
+        ("last_delivery_id", counters.last_delivery_id),
         ("last_message_id", counters.last_message_id),
         ("last_client_id", counters.last_client_id),
         ("presence_version", counters.presence_version),
@@ -438,35 +484,38 @@ fn apply(
             user,
             start,
             presence_seen,
-        } => {
-            execute("DELETE FROM mailbox_events WHERE user = ?1", &[user])?;
-            execute(
-                "INSERT OR REPLACE INTO mailboxes (user, start, presence_seen) VALUES (?1, ?2, ?3)",
-                &[user, start, presence_seen],
-            )
-        }
-        Change::MailboxEvent { user, seq, body } => execute(
-            "INSERT OR REPLACE INTO mailbox_events (user, seq, body) VALUES (?1, ?2, ?3)",
-            &[user, seq, &body.as_bytes()],
+            after_delivery,
+        } => execute(
+            "INSERT OR REPLACE INTO mailboxes (user, start, presence_seen, opened_after)
+             VALUES (?1, ?2, ?3, ?4)",
+            &[user, start, presence_seen, after_delivery],
         ),
-        Change::MailboxTrimmed { user, start } => {
+        Change::Delivered {
+            id,
+            body,
+            recipients,
+        } => {
+            let recipients = serde_json::to_string(recipients).expect("recipients serialize");
             execute(
-                "UPDATE mailboxes SET start = ?2 WHERE user = ?1",
-                &[user, start],
+                "INSERT OR REPLACE INTO deliveries (id, body, recipients) VALUES (?1, ?2, ?3)",
+                &[id, &body.as_bytes(), &recipients],
             )?;
-            execute(
-                "DELETE FROM mailbox_events WHERE user = ?1 AND seq <= ?2",
-                &[user, start],
-            )
+            counters.last_delivery_id = counters.last_delivery_id.max(Some(*id));
+            Ok(())
         }
+        Change::MailboxWindow {
+            user,
+            start,
+            oldest_delivery,
+        } => execute(
+            "UPDATE mailboxes SET start = ?2, oldest_delivery = ?3 WHERE user = ?1",
+            &[user, start, oldest_delivery],
+        ),
         Change::PresenceSeen { user, version } => execute(
             "UPDATE mailboxes SET presence_seen = ?2 WHERE user = ?1",
             &[user, version],
         ),
-        Change::MailboxClosed { user } => {
-            execute("DELETE FROM mailbox_events WHERE user = ?1", &[user])?;
-            execute("DELETE FROM mailboxes WHERE user = ?1", &[user])
-        }
+        Change::MailboxClosed { user } => execute("DELETE FROM mailboxes WHERE user = ?1", &[user]),
         Change::Presence {
             user,
             status,
@@ -493,6 +542,22 @@ fn bump_counter(transaction: &Transaction<'_>, name: &str, value: u64) -> rusqli
         )?
         .execute(params![name, value])?;
     Ok(())
+}
+
+/// Deletes deliveries older than the oldest one any mailbox still holds (all
+/// of them when no mailbox holds any).
+fn collect_deliveries(connection: &Connection) {
+    let collected = connection.execute(
+        "DELETE FROM deliveries WHERE id < coalesce(
+             (SELECT min(oldest_delivery) FROM mailboxes WHERE oldest_delivery IS NOT NULL),
+             (SELECT max(id) + 1 FROM deliveries))",
+        [],
+    );
+    match collected {
+        Ok(0) => {}
+        Ok(deleted) => tracing::debug!(deleted, "deleted deliveries no mailbox holds"),
+        Err(e) => tracing::error!(error = %e, "deleting old deliveries failed"),
+    }
 }
 
 fn prune_history(connection: &Connection, retention: Duration) {
@@ -575,34 +640,66 @@ impl Store for SqliteStore {
             snapshot.clients.push(row.map_err(read)?);
         }
 
+        // Mailboxes, then the deliveries that fill them: each delivery lists
+        // its recipients, and belongs to a mailbox if it came after that
+        // mailbox opened and after its start.
+        let mut open: HashMap<String, (u64, u64, u64)> = HashMap::new();
         let mut mailboxes = reader
-            .prepare("SELECT user, start, presence_seen FROM mailboxes")
-            .map_err(read)?;
-        let mut events = reader
-            .prepare("SELECT seq, body FROM mailbox_events WHERE user = ?1 AND seq > ?2 ORDER BY seq DESC LIMIT ?3")
+            .prepare("SELECT user, start, presence_seen, opened_after FROM mailboxes")
             .map_err(read)?;
         for row in mailboxes
             .query_map([], |row| {
                 Ok((
                     row.get::<_, String>(0)?,
-                    row.get::<_, u64>(1)?,
-                    row.get::<_, u64>(2)?,
+                    (row.get(1)?, row.get(2)?, row.get(3)?),
                 ))
             })
             .map_err(read)?
         {
-            let (user, mut start, presence_seen) = row.map_err(read)?;
-            let mut kept: Vec<(u64, Vec<u8>)> = events
-                .query_map(params![user, start, MAILBOX_CAPACITY as u64], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })
-                .map_err(read)?
-                .collect::<Result<_, _>>()
-                .map_err(read)?;
-            kept.reverse();
-            // Trims are written in steps; the newest CAPACITY events are what
-            // the mailbox holds, and they must run on without a hole.
-            if let Some(&(first, _)) = kept.first() {
+            let (user, window) = row.map_err(read)?;
+            open.insert(user, window);
+        }
+        let mut events: HashMap<String, VecDeque<(u64, u64, EventBytes)>> = HashMap::new();
+        let first = open
+            .values()
+            .map(|&(_, _, after)| after)
+            .min()
+            .unwrap_or(u64::MAX);
+        let mut deliveries = reader
+            .prepare("SELECT id, body, recipients FROM deliveries WHERE id > ?1 ORDER BY id")
+            .map_err(read)?;
+        let mut rows = deliveries
+            .query([first.min(i64::MAX as u64)])
+            .map_err(read)?;
+        while let Some(row) = rows.next().map_err(read)? {
+            let id: u64 = row.get(0).map_err(read)?;
+            let body = match row.get_ref(1).map_err(read)? {
+                rusqlite::types::ValueRef::Blob(bytes) | rusqlite::types::ValueRef::Text(bytes) => {
+                    EventBytes::from_stored(bytes.to_vec())
+                }
+                _ => return Err(StoreError(format!("delivery {id} has no body"))),
+            };
+            let recipients: String = row.get(2).map_err(read)?;
+            let recipients: Vec<(String, u64)> = serde_json::from_str(&recipients)
+                .map_err(|e| error(&format!("delivery {id} has unreadable recipients"), e))?;
+            for (user, seq) in recipients {
+                let Some(&(start, _, after)) = open.get(&user) else {
+                    continue;
+                };
+                if id <= after || seq <= start {
+                    continue;
+                }
+                let kept = events.entry(user).or_default();
+                kept.push_back((seq, id, body.clone()));
+                // Window moves are written in steps: keep what the mailbox holds.
+                if kept.len() > MAILBOX_CAPACITY {
+                    kept.pop_front();
+                }
+            }
+        }
+        for (user, (mut start, presence_seen, _)) in open {
+            let kept: Vec<_> = events.remove(&user).unwrap_or_default().into();
+            if let Some(&(first, _, _)) = kept.first() {
                 start = first - 1;
             }
             if kept.windows(2).any(|pair| pair[1].0 != pair[0].0 + 1) {
@@ -648,6 +745,13 @@ impl Store for SqliteStore {
         };
         snapshot.presence_version = counter("presence_version")?;
         snapshot.last_client_id = counter("last_client_id")?;
+        snapshot.last_delivery_id = counter("last_delivery_id")?.max(
+            reader
+                .query_row("SELECT coalesce(max(id), 0) FROM deliveries", [], |row| {
+                    row.get(0)
+                })
+                .map_err(read)?,
+        );
         snapshot.last_message_id = counter("last_message_id")?.max(
             reader
                 .query_row("SELECT coalesce(max(id), 0) FROM messages", [], |row| {
@@ -759,6 +863,18 @@ mod tests {
         })
     }
 
+    fn window(user: &str, start: u64, oldest_delivery: u64) -> Change {
+        Change::MailboxWindow {
+            user: user.into(),
+            start,
+            oldest_delivery,
+        }
+    }
+
+    fn event(kind: &str) -> EventBytes {
+        EventBytes::from_stored(format!(r#"{{"type":"{kind}"}}"#).into_bytes())
+    }
+
     fn wait_durable(store: &SqliteStore, ticket: u64) {
         let mut durable = store.durable();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -789,17 +905,41 @@ mod tests {
                         user: "ann".into(),
                         start: 0,
                         presence_seen: 0,
+                        after_delivery: 0,
                     },
-                    Change::MailboxEvent {
-                        user: "ann".into(),
-                        seq: 1,
-                        body: EventBytes::from_stored(b"{\"type\":\"x\"}".to_vec()),
+                    Change::MailboxOpened {
+                        user: "bob".into(),
+                        start: 0,
+                        presence_seen: 0,
+                        after_delivery: 0,
                     },
-                    Change::MailboxEvent {
-                        user: "ann".into(),
-                        seq: 2,
-                        body: EventBytes::from_stored(b"{\"type\":\"y\"}".to_vec()),
+                    Change::Delivered {
+                        id: 1,
+                        body: event("x"),
+                        recipients: vec![("ann".into(), 1), ("bob".into(), 1)],
                     },
+                    window("ann", 0, 1),
+                    window("bob", 0, 1),
+                    Change::Delivered {
+                        id: 2,
+                        body: event("y"),
+                        recipients: vec![("ann".into(), 2)],
+                    },
+                    // Bob leaves and comes back: his new mailbox numbers from
+                    // 1 again, and delivery 1 belongs to the old one.
+                    Change::MailboxClosed { user: "bob".into() },
+                    Change::MailboxOpened {
+                        user: "bob".into(),
+                        start: 0,
+                        presence_seen: 0,
+                        after_delivery: 2,
+                    },
+                    Change::Delivered {
+                        id: 3,
+                        body: event("z"),
+                        recipients: vec![("bob".into(), 1)],
+                    },
+                    window("bob", 0, 3),
                     Change::Presence {
                         user: "ann".into(),
                         status: Status::Busy,
@@ -815,8 +955,55 @@ mod tests {
             snapshot.clients,
             vec![(7, "t7".to_owned(), "ann".to_owned())]
         );
-        assert_eq!(snapshot.mailboxes.len(), 1);
-        assert_eq!(snapshot.mailboxes[0].events.len(), 2);
+        let mut mailboxes = snapshot.mailboxes.clone();
+        mailboxes.sort_by(|a, b| a.user.cmp(&b.user));
+        type Events = Vec<(u64, u64, String)>;
+        let summary: Vec<(String, Events)> = mailboxes
+            .iter()
+            .map(|m| {
+                let events = m.events.iter().map(|(seq, id, body)| {
+                    (
+                        *seq,
+                        *id,
+                        String::from_utf8(body.as_bytes().to_vec()).unwrap(),
+                    )
+                });
+                (m.user.clone(), events.collect())
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (
+                    "ann".to_owned(),
+                    vec![
+                        (1, 1, r#"{"type":"x"}"#.to_owned()),
+                        (2, 2, r#"{"type":"y"}"#.to_owned())
+                    ]
+                ),
+                ("bob".to_owned(), vec![(1, 3, r#"{"type":"z"}"#.to_owned())]),
+            ]
+        );
+        assert_eq!(snapshot.last_delivery_id, 3);
+
+        // Ann's window moves past delivery 1, which nobody holds any more
+        // (bob's new mailbox starts at 3): it is collected, nothing else is.
+        store.submit(3, vec![window("ann", 1, 2)]);
+        wait_durable(&store, 3);
+        drop(store);
+        let store = SqliteStore::open(&dir, options()).unwrap();
+        let kept: Vec<u64> = store
+            .reader()
+            .prepare("SELECT id FROM deliveries ORDER BY id")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(kept, [2, 3]);
+        let snapshot = store.load().unwrap();
+        let ann = snapshot.mailboxes.iter().find(|m| m.user == "ann").unwrap();
+        assert_eq!((ann.start, ann.events.len(), ann.events[0].1), (1, 1, 2));
         assert_eq!(snapshot.presence, vec![("ann".to_owned(), Status::Busy, 3)]);
         assert_eq!(
             (
