@@ -90,23 +90,16 @@ impl Clients {
 
     /// A new client of `user`, idle from `now`.
     pub fn open(&mut self, user: &str, now: Instant) -> usize {
-        self.last_client_id += 1;
-        let token = auth::new_token();
-        let key = self.slab.insert(Client {
-            id: self.last_client_id,
-            token: token.clone(),
-            user: user.to_owned(),
-            parked: None,
-            idle_deadline: None,
-        });
-        self.by_token.insert(token, key);
-        self.mark_idle(key, now);
-        key
+        self.insert(self.last_client_id + 1, auth::new_token(), user, now)
     }
 
     /// A client as the store kept it, given a full inactivity timeout from
     /// `now`: time the server was down does not count against it.
     pub fn restore(&mut self, id: u64, token: String, user: &str, now: Instant) -> usize {
+        self.insert(id, token, user, now)
+    }
+
+    fn insert(&mut self, id: u64, token: String, user: &str, now: Instant) -> usize {
         self.last_client_id = self.last_client_id.max(id);
         let key = self.slab.insert(Client {
             id,

@@ -501,8 +501,7 @@ impl Hub {
         let now = Instant::now();
         let (message, ticket) = 'locked: {
             let mut state = self.state();
-            let key = state.client_key(token)?;
-            let user = state.user_of(key)?;
+            let user = state.caller(token)?;
             state.require_member(conversation, &user)?;
             if let Some(id) = client_msg_id {
                 if let Some(first) = state.sent_before(&*self.shared.store, &user, id)? {
@@ -548,8 +547,7 @@ impl Hub {
         }
         {
             let state = self.state();
-            let key = state.client_key(token)?;
-            let user = state.user_of(key)?;
+            let user = state.caller(token)?;
             state.require_member(conversation, &user)?;
         }
         Ok(self.shared.store.history(conversation, before, limit)?)
@@ -559,8 +557,7 @@ impl Hub {
     pub fn dialog(&self, token: &str, with: &str) -> ApiResult<Conversation> {
         let now = Instant::now();
         let mut state = self.state();
-        let key = state.client_key(token)?;
-        let user = state.user_of(key)?;
+        let user = state.caller(token)?;
         if with == user {
             return Err(ApiError::bad_request(
                 "invalid_user",
@@ -620,8 +617,7 @@ impl Hub {
         }
         let now = Instant::now();
         let mut state = self.state();
-        let key = state.client_key(token)?;
-        let user = state.user_of(key)?;
+        let user = state.caller(token)?;
         if name == LOBBY {
             return Ok(state.lobby());
         }
@@ -671,8 +667,7 @@ impl Hub {
     pub fn leave_room(&self, token: &str, conversation: &str) -> ApiResult<()> {
         let now = Instant::now();
         let mut state = self.state();
-        let key = state.client_key(token)?;
-        let user = state.user_of(key)?;
+        let user = state.caller(token)?;
         if conversation == LOBBY {
             return Err(ApiError::bad_request(
                 "cannot_leave_lobby",
@@ -723,8 +718,7 @@ impl Hub {
     pub fn set_status(&self, token: &str, status: Status) -> ApiResult<()> {
         let now = Instant::now();
         let mut state = self.state();
-        let key = state.client_key(token)?;
-        let user = state.user_of(key)?;
+        let user = state.caller(token)?;
         if state.set_presence(&user, status) {
             state.clients.wake_all(Wake::Events, now);
         }
@@ -1022,6 +1016,11 @@ impl State {
         self.clients
             .key_of(token)
             .ok_or_else(ApiError::unknown_client)
+    }
+
+    /// The user behind a client token (401 `unknown_client` if none).
+    fn caller(&self, token: &str) -> ApiResult<String> {
+        self.user_of(self.client_key(token)?)
     }
 
     fn user_of(&self, key: usize) -> ApiResult<String> {
