@@ -1,2 +1,458 @@
-//! Placeholder: this bench is being written (issue 5).
-fn main() {}
+//! Fan-out: one message into a room of N parked polls, until the last poller
+//! has the whole answer, end to end.
+//!
+//! The real server runs in-process (`parlor::Server`, ephemeral, on
+//! 127.0.0.1:0) on its own multi-thread runtime; N pollers (100, 1 000,
+//! 5 000), each on its own kept-alive hyper client connection, keep a poll
+//! parked in the lobby on a current-thread runtime. One `POST /send` to the
+//! lobby is timed until the last of the N has read its answer. The room is
+//! exactly the pollers plus the sender: between stages every poller leaves
+//! (its connection drops) and the next stage joins the missing users.
+//!
+//! Each iteration first waits (untimed, through `Hub::stats`) until every
+//! poller has re-parked. The time includes the client reading N answers on
+//! one thread, as a single load generator would. After criterion's report
+//! the bench prints each median as a ratio to a `GET /healthz` round trip
+//! measured in the same run.
+//!
+//! Run: `cargo bench --bench fanout` (add `-- --sample-size 10
+//! --measurement-time 5` for a quick look).
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, SamplingMode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use parlor::hub::Hub;
+use parlor::{Config, Server};
+use serde::Deserialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use tokio::sync::{oneshot, watch, Notify};
+
+/// Parked polls in the room, one stage each.
+const ROOM_SIZES: [usize; 3] = [100, 1_000, 5_000];
+/// The 64-byte message text of the reference measurements.
+const TEXT: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// A connection idle for longer is replaced before its next request.
+const IDLE_REOPEN: Duration = Duration::from_secs(2);
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+// ---------------------------------------------------------------------------
+// A kept-alive client connection, driven by the task that uses it.
+
+struct Conn {
+    send: SendRequest<Full<Bytes>>,
+    conn: Pin<Box<Connection<TokioIo<TcpStream>, Full<Bytes>>>>,
+    host: HeaderValue,
+    addr: SocketAddr,
+    last_used: Instant,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect(addr)
+            .await
+            .expect("connect to the bench server");
+        stream.set_nodelay(true).expect("set TCP_NODELAY");
+        let (send, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("HTTP/1 handshake");
+        Conn {
+            send,
+            conn: Box::pin(conn),
+            host: HeaderValue::from_str(&addr.to_string()).expect("an address is a valid host"),
+            addr,
+            last_used: Instant::now(),
+        }
+    }
+
+    /// Reconnects a connection that sat idle: parlor closes connections
+    /// idle past its header timeout (10 s), and racing that close would
+    /// fail a request now and then.
+    async fn revive(&mut self) {
+        if self.last_used.elapsed() > IDLE_REOPEN || self.send.is_closed() {
+            *self = Conn::open(self.addr).await;
+        }
+        self.last_used = Instant::now();
+    }
+
+    async fn get(&mut self, uri: String) -> Result<(StatusCode, Bytes), Error> {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(uri)
+            .header(HOST, self.host.clone())
+            .body(Full::new(Bytes::new()))?;
+        self.call(request).await
+    }
+
+    async fn post(&mut self, path: &str, form: String) -> Result<(StatusCode, Bytes), Error> {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(HOST, self.host.clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(form)))?;
+        self.call(request).await
+    }
+
+    /// Sends a request and reads the whole answer, polling the connection
+    /// future alongside (no connection task, no channel hop).
+    async fn call(&mut self, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), Error> {
+        self.revive().await;
+        let Conn { send, conn, .. } = self;
+        let mut work = pin!(async move {
+            send.ready().await?;
+            let response = send.send_request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, body))
+        });
+        poll_fn(|cx| {
+            if let Poll::Ready(result) = work.as_mut().poll(cx) {
+                return Poll::Ready(result.map_err(Error::from));
+            }
+            match conn.as_mut().poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(())) => Poll::Ready(Err("connection closed".into())),
+                Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),
+            }
+        })
+        .await
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The server under test.
+
+struct Bench {
+    /// Runs the server's tasks; dropping it stops the server.
+    _server: Runtime,
+    client: Runtime,
+    addr: SocketAddr,
+    hub: Hub,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Bench {
+    fn start() -> Bench {
+        let server = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        let client = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("client runtime");
+        let mut config = Config::for_tests();
+        // Parked polls stay parked for the whole bench; idle users stay online.
+        config.poll_timeout = Duration::from_secs(3600);
+        config.inactivity_timeout = Duration::from_secs(3600);
+        // Cheap password hashes: the bench joins thousands of users.
+        config.argon2_memory_kib = 8;
+        config.argon2_iterations = 1;
+        let parlor = Server::open(config).expect("open an ephemeral server");
+        let hub = parlor.hub();
+        let listener = server
+            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("bound address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        server.spawn(async move {
+            let _ = parlor
+                .run(listener, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Bench {
+            _server: server,
+            client,
+            addr,
+            hub,
+            _stop: stop,
+        }
+    }
+
+    /// Joins `names` with a few concurrent joiners.
+    fn join_all(&self, names: Vec<String>) -> Vec<Joined> {
+        let addr = self.addr;
+        self.client.block_on(async move {
+            let chunk = names.len().div_ceil(4).max(1);
+            let tasks: Vec<_> = names
+                .chunks(chunk)
+                .map(<[String]>::to_vec)
+                .map(|chunk| {
+                    tokio::spawn(async move {
+                        let mut conn = Conn::open(addr).await;
+                        let mut joined = Vec::with_capacity(chunk.len());
+                        for name in &chunk {
+                            joined.push(join(&mut conn, name).await);
+                        }
+                        joined
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for task in tasks {
+                all.extend(task.await.expect("join task"));
+            }
+            all
+        })
+    }
+
+    /// Waits (driving the client runtime) until `count` polls are parked.
+    fn wait_parked(&self, count: usize) {
+        let started = Instant::now();
+        self.client.block_on(async {
+            while self.hub.stats().parked_polls != count {
+                assert!(
+                    started.elapsed() < Duration::from_secs(300),
+                    "polls never parked: {} of {count}",
+                    self.hub.stats().parked_polls
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+    }
+}
+
+#[derive(Deserialize)]
+struct Joined {
+    token: String,
+    cursor: u64,
+}
+
+#[derive(Deserialize)]
+struct Cursor {
+    cursor: u64,
+}
+
+async fn join(conn: &mut Conn, name: &str) -> Joined {
+    let (status, body) = conn
+        .post("/join", format!("name={name}&password=pw-{name}"))
+        .await
+        .expect("/join answers");
+    assert_eq!(status, StatusCode::OK, "/join {name}");
+    serde_json::from_slice(&body).expect("/join answers JSON")
+}
+
+/// What the pollers of one stage share with the timed loop.
+struct Arrivals {
+    count: AtomicUsize,
+    target: usize,
+    all: Notify,
+}
+
+/// Keeps a poll parked for a user, re-polling after every answer, and counts
+/// answers that carry a message; stops (dropping its connection, so the
+/// server unparks it) when `stop` flips.
+async fn poller(
+    addr: SocketAddr,
+    token: String,
+    mut cursor: u64,
+    arrivals: Arc<Arrivals>,
+    mut stop: watch::Receiver<bool>,
+) -> u64 {
+    let mut conn = Conn::open(addr).await;
+    loop {
+        let answer = tokio::select! {
+            answer = conn.get(format!("/poll?token={token}&cursor={cursor}")) => answer,
+            _ = stop.changed() => return cursor,
+        };
+        let Ok((StatusCode::OK, body)) = answer else {
+            return cursor;
+        };
+        cursor = serde_json::from_slice::<Cursor>(&body).map_or(cursor, |c| c.cursor);
+        const MESSAGE: &[u8] = b"\"type\":\"message\"";
+        if body.windows(MESSAGE.len()).any(|w| w == MESSAGE)
+            && arrivals.count.fetch_add(1, Ordering::AcqRel) + 1 == arrivals.target
+        {
+            arrivals.all.notify_one();
+        }
+    }
+}
+
+thread_local! {
+    /// Mean nanoseconds per iteration of every measured batch, by bench name.
+    static MEANS: RefCell<BTreeMap<String, Vec<f64>>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+fn record(name: &str, total: Duration, iters: u64) {
+    MEANS.with(|means| {
+        means
+            .borrow_mut()
+            .entry(name.to_owned())
+            .or_default()
+            .push(total.as_nanos() as f64 / iters.max(1) as f64)
+    });
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn fanout(c: &mut Criterion) {
+    let bench = Bench::start();
+    let sender = bench
+        .join_all(vec!["sender".to_owned()])
+        .pop()
+        .expect("the sender joined");
+    let sender_conn = Cell::new(Some(bench.client.block_on(Conn::open(bench.addr))));
+    let floor_conn = Cell::new(Some(bench.client.block_on(Conn::open(bench.addr))));
+    let mut users: Vec<Joined> = Vec::new();
+    let mut stop_previous: Option<(watch::Sender<bool>, Vec<tokio::task::JoinHandle<u64>>)> = None;
+
+    let mut group = c.benchmark_group("fanout");
+    group.sampling_mode(SamplingMode::Flat);
+    for size in ROOM_SIZES {
+        // Stop the previous stage's pollers, keeping their cursors.
+        if let Some((stop, tasks)) = stop_previous.take() {
+            let _ = stop.send(true);
+            let cursors: Vec<u64> = bench.client.block_on(async {
+                let mut cursors = Vec::new();
+                for task in tasks {
+                    cursors.push(task.await.expect("poller task"));
+                }
+                cursors
+            });
+            for (user, cursor) in users.iter_mut().zip(cursors) {
+                user.cursor = cursor;
+            }
+            bench.wait_parked(0);
+        }
+        let names = (users.len()..size).map(|n| format!("u{n}")).collect();
+        users.extend(bench.join_all(names));
+        let arrivals = Arc::new(Arrivals {
+            count: AtomicUsize::new(0),
+            target: size,
+            all: Notify::new(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let tasks = users
+            .iter()
+            .map(|user| {
+                bench.client.spawn(poller(
+                    bench.addr,
+                    user.token.clone(),
+                    user.cursor,
+                    arrivals.clone(),
+                    stopped.clone(),
+                ))
+            })
+            .collect();
+        stop_previous = Some((stop, tasks));
+        bench.wait_parked(size);
+
+        let floor_name = format!("floor_healthz/room={size}");
+        group.bench_function(
+            BenchmarkId::new("floor_healthz", format!("room={size}")),
+            |b| {
+                b.to_async(&bench.client).iter_custom(|iters| {
+                    let (floor, name) = (&floor_conn, floor_name.clone());
+                    async move {
+                        let mut conn = floor.take().expect("the floor connection is back");
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            let started = Instant::now();
+                            let (status, _) =
+                                conn.get("/healthz".to_owned()).await.expect("/healthz");
+                            total += started.elapsed();
+                            assert_eq!(status, StatusCode::OK);
+                        }
+                        floor.set(Some(conn));
+                        record(&name, total, iters);
+                        total
+                    }
+                })
+            },
+        );
+
+        let name = format!("last_poller/room={size}");
+        let hub = bench.hub.clone();
+        group.bench_function(
+            BenchmarkId::new("last_poller", format!("room={size}")),
+            |b| {
+                b.to_async(&bench.client).iter_custom(|iters| {
+                    let (arrivals, hub, name, sender_conn) =
+                        (arrivals.clone(), hub.clone(), name.clone(), &sender_conn);
+                    let token = sender.token.clone();
+                    async move {
+                        let mut conn = sender_conn.take().expect("the sender connection is back");
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            // Untimed: every poller has re-parked.
+                            while hub.stats().parked_polls < size {
+                                tokio::time::sleep(Duration::from_micros(500)).await;
+                            }
+                            arrivals.count.store(0, Ordering::Release);
+                            let started = Instant::now();
+                            let all = async {
+                                while arrivals.count.load(Ordering::Acquire) < size {
+                                    arrivals.all.notified().await;
+                                }
+                                Instant::now()
+                            };
+                            let (sent, done) = tokio::join!(
+                                conn.post(
+                                    "/send",
+                                    format!("token={token}&conversation=lobby&text={TEXT}")
+                                ),
+                                tokio::time::timeout(Duration::from_secs(30), all)
+                            );
+                            assert_eq!(sent.expect("/send answers").0, StatusCode::OK);
+                            total +=
+                                done.expect("every poller got the message within 30 s") - started;
+                        }
+                        sender_conn.set(Some(conn));
+                        record(&name, total, iters);
+                        total
+                    }
+                })
+            },
+        );
+    }
+    group.finish();
+
+    println!("\nfanout: time until the last poller has the message (medians of batch means)");
+    MEANS.with(|means| {
+        let means = means.borrow();
+        for size in ROOM_SIZES {
+            let floor = means.get(&format!("floor_healthz/room={size}")).map(|v| median(v));
+            let last = means.get(&format!("last_poller/room={size}")).map(|v| median(v));
+            if let (Some(floor), Some(last)) = (floor, last) {
+                println!(
+                    "  room={size:<5} floor {:>6.1} µs   last poller {:>8.2} ms   = {:>6.0} floors   {:.2} µs per poll",
+                    floor / 1e3,
+                    last / 1e6,
+                    last / floor,
+                    last / 1e3 / size as f64
+                );
+            }
+        }
+    });
+    drop(stop_previous);
+    drop(bench);
+}
+
+fn main() {
+    let mut criterion = Criterion::default().configure_from_args();
+    fanout(&mut criterion);
+    criterion.final_summary();
+}

@@ -1,2 +1,480 @@
-//! Placeholder: this bench is being written (issue 5).
-fn main() {}
+//! Wake latency of a parked poll, end to end, against the floor of a bare
+//! round trip measured in the same run.
+//!
+//! The real server runs in-process (`parlor::Server`, ephemeral, on
+//! 127.0.0.1:0) on its own multi-thread runtime; the client is hyper's HTTP/1
+//! client connection over a real `TcpStream`, kept alive, on a current-thread
+//! runtime. Benchmarks in the group `poll_latency`, for N = 0, 1 000, 5 000
+//! other polls parked:
+//!
+//! - `floor_healthz/parked=N`: `GET /healthz` on a kept-alive connection.
+//! - `wake/parked=N`: `POST /send` into a dialog issued → the receiver's
+//!   parked poll has its whole answer.
+//!
+//! Each wake iteration first checks (through `Hub::stats`, untimed) that the
+//! receiver's poll is parked, so it always measures a wake, never a poll
+//! that finds the message already there. After criterion's report, the bench
+//! prints each wake median as a ratio to the floor median of the same N.
+//!
+//! Run: `cargo bench --bench poll_latency` (add `-- --sample-size 10
+//! --measurement-time 2` for a quick look). Client and server share one
+//! process: 5 000 parked polls hold 10 000 descriptors (`ulimit -n`).
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use parlor::hub::Hub;
+use parlor::{Config, Server};
+use serde::Deserialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+
+/// Polls parked besides the measured receiver's, one stage each.
+const PARKED: [usize; 3] = [0, 1_000, 5_000];
+/// The 64-byte message text of the reference measurements.
+const TEXT: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// A connection idle for longer is replaced before its next request.
+const IDLE_REOPEN: Duration = Duration::from_secs(2);
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+// ---------------------------------------------------------------------------
+// A kept-alive client connection, driven by the task that uses it.
+
+struct Conn {
+    send: SendRequest<Full<Bytes>>,
+    conn: Pin<Box<Connection<TokioIo<TcpStream>, Full<Bytes>>>>,
+    host: HeaderValue,
+    addr: SocketAddr,
+    last_used: Instant,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect(addr)
+            .await
+            .expect("connect to the bench server");
+        stream.set_nodelay(true).expect("set TCP_NODELAY");
+        let (send, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("HTTP/1 handshake");
+        Conn {
+            send,
+            conn: Box::pin(conn),
+            host: HeaderValue::from_str(&addr.to_string()).expect("an address is a valid host"),
+            addr,
+            last_used: Instant::now(),
+        }
+    }
+
+    /// Reconnects a connection that sat idle: parlor closes connections
+    /// idle past its header timeout (10 s), and racing that close would
+    /// fail a request now and then.
+    async fn revive(&mut self) {
+        if self.last_used.elapsed() > IDLE_REOPEN || self.send.is_closed() {
+            *self = Conn::open(self.addr).await;
+        }
+        self.last_used = Instant::now();
+    }
+
+    async fn get(&mut self, uri: String) -> Result<(StatusCode, Bytes), Error> {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(uri)
+            .header(HOST, self.host.clone())
+            .body(Full::new(Bytes::new()))?;
+        self.call(request).await
+    }
+
+    async fn post(&mut self, path: &str, form: String) -> Result<(StatusCode, Bytes), Error> {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(HOST, self.host.clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(form)))?;
+        self.call(request).await
+    }
+
+    /// Sends a request and reads the whole answer, polling the connection
+    /// future alongside (no connection task, no channel hop).
+    async fn call(&mut self, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), Error> {
+        self.revive().await;
+        let Conn { send, conn, .. } = self;
+        let mut work = pin!(async move {
+            send.ready().await?;
+            let response = send.send_request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, body))
+        });
+        poll_fn(|cx| {
+            if let Poll::Ready(result) = work.as_mut().poll(cx) {
+                return Poll::Ready(result.map_err(Error::from));
+            }
+            match conn.as_mut().poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(())) => Poll::Ready(Err("connection closed".into())),
+                Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),
+            }
+        })
+        .await
+    }
+}
+
+#[derive(Deserialize)]
+struct Joined {
+    token: String,
+    cursor: u64,
+}
+
+#[derive(Deserialize)]
+struct Cursor {
+    cursor: u64,
+}
+
+fn poll_uri(token: &str, cursor: u64) -> String {
+    format!("/poll?token={token}&cursor={cursor}")
+}
+
+async fn join(conn: &mut Conn, name: &str) -> Joined {
+    let (status, body) = conn
+        .post("/join", format!("name={name}&password=pw-{name}"))
+        .await
+        .expect("/join answers");
+    assert_eq!(status, StatusCode::OK, "/join {name}");
+    serde_json::from_slice(&body).expect("/join answers JSON")
+}
+
+/// Keeps one poll parked for a user, re-polling after every answer (the
+/// first answers catch up on presence), until its connection is dropped.
+async fn park_forever(addr: SocketAddr, user: Joined) {
+    let mut conn = Conn::open(addr).await;
+    let mut cursor = user.cursor;
+    loop {
+        let Ok((StatusCode::OK, body)) = conn.get(poll_uri(&user.token, cursor)).await else {
+            return;
+        };
+        cursor = serde_json::from_slice::<Cursor>(&body).map_or(cursor, |c| c.cursor);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The server under test and its users.
+
+struct Bench {
+    /// Runs the server's tasks; dropping it stops the server.
+    _server: Runtime,
+    client: Runtime,
+    addr: SocketAddr,
+    hub: Hub,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Bench {
+    fn start() -> Bench {
+        let server = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        let client = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("client runtime");
+        let mut config = Config::for_tests();
+        // Parked polls stay parked for the whole bench; idle users stay online.
+        config.poll_timeout = Duration::from_secs(3600);
+        config.inactivity_timeout = Duration::from_secs(3600);
+        // Cheap password hashes: the bench joins thousands of users.
+        config.argon2_memory_kib = 8;
+        config.argon2_iterations = 1;
+        let parlor = Server::open(config).expect("open an ephemeral server");
+        let hub = parlor.hub();
+        let listener = server
+            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("bound address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        server.spawn(async move {
+            let _ = parlor
+                .run(listener, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Bench {
+            _server: server,
+            client,
+            addr,
+            hub,
+            _stop: stop,
+        }
+    }
+
+    fn parked(&self) -> usize {
+        self.hub.stats().parked_polls
+    }
+
+    /// Joins `names` with a few concurrent joiners.
+    fn join_all(&self, names: Vec<String>) -> Vec<Joined> {
+        let addr = self.addr;
+        self.client.block_on(async move {
+            let chunks: Vec<Vec<String>> = names
+                .chunks(names.len().div_ceil(4).max(1))
+                .map(<[String]>::to_vec)
+                .collect();
+            let tasks: Vec<_> = chunks
+                .into_iter()
+                .map(|chunk| {
+                    tokio::spawn(async move {
+                        let mut conn = Conn::open(addr).await;
+                        let mut joined = Vec::with_capacity(chunk.len());
+                        for name in &chunk {
+                            joined.push(join(&mut conn, name).await);
+                        }
+                        joined
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for task in tasks {
+                all.extend(task.await.expect("join task"));
+            }
+            all
+        })
+    }
+
+    /// Waits (driving the client runtime) until `count` polls are parked.
+    fn wait_parked(&self, count: usize) {
+        let started = Instant::now();
+        self.client.block_on(async {
+            while self.parked() != count {
+                assert!(
+                    started.elapsed() < Duration::from_secs(300),
+                    "polls never parked: {} of {count}",
+                    self.parked()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+    }
+}
+
+/// The measured pair: a sender and a receiver in a dialog.
+struct Pair {
+    sender: Conn,
+    receiver: Conn,
+    floor: Conn,
+    sender_token: String,
+    receiver_token: String,
+    dialog: String,
+    cursor: u64,
+}
+
+thread_local! {
+    /// Mean nanoseconds per iteration of every measured batch, by bench name.
+    static MEANS: RefCell<BTreeMap<String, Vec<f64>>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+fn record(name: &str, total: Duration, iters: u64) {
+    MEANS.with(|means| {
+        means
+            .borrow_mut()
+            .entry(name.to_owned())
+            .or_default()
+            .push(total.as_nanos() as f64 / iters.max(1) as f64)
+    });
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn poll_latency(c: &mut Criterion) {
+    let bench = Bench::start();
+    let others_needed = *PARKED.iter().max().unwrap_or(&0);
+    let names: Vec<String> = (0..others_needed + 2).map(|n| format!("u{n}")).collect();
+    // Everyone joins first, so no join wakes a parked poll later on.
+    let mut users = bench.join_all(names).into_iter();
+    let sender = users.next().expect("the sender joined");
+    let receiver = users.next().expect("the receiver joined");
+    let mut others: Vec<Joined> = users.collect();
+
+    let pair = bench.client.block_on(async {
+        let mut sender_conn = Conn::open(bench.addr).await;
+        let (status, body) = sender_conn
+            .post("/dialog", format!("token={}&with=u1", sender.token))
+            .await
+            .expect("/dialog answers");
+        assert_eq!(status, StatusCode::OK, "/dialog");
+        let answer: serde_json::Value =
+            serde_json::from_slice(&body).expect("/dialog answers JSON");
+        let dialog = answer["conversation"]["id"]
+            .as_str()
+            .expect("a dialog id")
+            .to_owned();
+        let mut receiver_conn = Conn::open(bench.addr).await;
+        // Catch up (presence, conversation_added) so the next poll parks.
+        let mut cursor = receiver.cursor;
+        loop {
+            let (_, body) = receiver_conn
+                .get(format!("{}&timeout=0", poll_uri(&receiver.token, cursor)))
+                .await
+                .expect("/poll answers");
+            let next = serde_json::from_slice::<Cursor>(&body)
+                .expect("a poll answer")
+                .cursor;
+            if next == cursor {
+                break;
+            }
+            cursor = next;
+        }
+        Pair {
+            sender: sender_conn,
+            receiver: receiver_conn,
+            floor: Conn::open(bench.addr).await,
+            sender_token: sender.token,
+            receiver_token: receiver.token,
+            dialog: dialog.replace(':', "%3A"),
+            cursor,
+        }
+    });
+    // Taken out by each measured batch and put back after (no borrow is
+    // held across an await).
+    let pair = Rc::new(Cell::new(Some(pair)));
+
+    let mut group = c.benchmark_group("poll_latency");
+    let mut parked_now = 0;
+    for parked in PARKED {
+        // Park more polls up to this stage's count.
+        for user in others.drain(..parked - parked_now) {
+            bench.client.spawn(park_forever(bench.addr, user));
+        }
+        parked_now = parked;
+        bench.wait_parked(parked);
+
+        let floor_name = format!("floor_healthz/parked={parked}");
+        group.bench_function(
+            BenchmarkId::new("floor_healthz", format!("parked={parked}")),
+            |b| {
+                b.to_async(&bench.client).iter_custom(|iters| {
+                    let pair = pair.clone();
+                    let name = floor_name.clone();
+                    async move {
+                        let mut taken = pair.take().expect("the pair is back");
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            let started = Instant::now();
+                            let (status, _) = taken
+                                .floor
+                                .get("/healthz".to_owned())
+                                .await
+                                .expect("/healthz");
+                            total += started.elapsed();
+                            assert_eq!(status, StatusCode::OK);
+                        }
+                        pair.set(Some(taken));
+                        record(&name, total, iters);
+                        total
+                    }
+                })
+            },
+        );
+
+        let wake_name = format!("wake/parked={parked}");
+        let hub = bench.hub.clone();
+        group.bench_function(BenchmarkId::new("wake", format!("parked={parked}")), |b| {
+            b.to_async(&bench.client).iter_custom(|iters| {
+                let (pair, hub, name) = (pair.clone(), hub.clone(), wake_name.clone());
+                async move {
+                    let cell = pair;
+                    let mut taken = cell.take().expect("the pair is back");
+                    let pair = &mut taken;
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let uri = poll_uri(&pair.receiver_token, pair.cursor);
+                        let mut poll = Box::pin(pair.receiver.get(uri));
+                        // Untimed: write the poll, and wait until the server parked it.
+                        loop {
+                            tokio::select! {
+                                biased;
+                                answer = &mut poll => panic!("the poll was answered before the send: {:?}", answer.map(|a| a.1)),
+                                _ = tokio::task::yield_now() => {}
+                            }
+                            if hub.stats().parked_polls > parked {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_micros(20));
+                        }
+                        let form = format!(
+                            "token={}&conversation={}&text={TEXT}",
+                            pair.sender_token, pair.dialog
+                        );
+                        let started = Instant::now();
+                        let (woken, sent) = tokio::join!(
+                            async {
+                                let answer = poll.await;
+                                (answer, Instant::now())
+                            },
+                            pair.sender.post("/send", form)
+                        );
+                        let ((status, body), at) = (woken.0.expect("/poll answers"), woken.1);
+                        total += at - started;
+                        assert_eq!(status, StatusCode::OK);
+                        assert_eq!(sent.expect("/send answers").0, StatusCode::OK);
+                        pair.cursor = serde_json::from_slice::<Cursor>(&body).expect("a poll answer").cursor;
+                    }
+                    cell.set(Some(taken));
+                    record(&name, total, iters);
+                    total
+                }
+            })
+        });
+    }
+    group.finish();
+
+    println!("\npoll_latency: wake latency as a ratio to the floor (medians of batch means)");
+    MEANS.with(|means| {
+        let means = means.borrow();
+        for parked in PARKED {
+            let floor = means
+                .get(&format!("floor_healthz/parked={parked}"))
+                .map(|v| median(v));
+            let wake = means
+                .get(&format!("wake/parked={parked}"))
+                .map(|v| median(v));
+            if let (Some(floor), Some(wake)) = (floor, wake) {
+                println!(
+                    "  parked={parked:<5} floor {:>7.1} µs   wake {:>7.1} µs   wake/floor {:.2}×",
+                    floor / 1e3,
+                    wake / 1e3,
+                    wake / floor
+                );
+            }
+        }
+    });
+    drop(bench);
+}
+
+fn main() {
+    let mut criterion = Criterion::default().configure_from_args();
+    poll_latency(&mut criterion);
+    criterion.final_summary();
+}
