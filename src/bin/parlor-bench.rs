@@ -72,7 +72,11 @@ const MAX_RECONNECTS: u32 = 5;
 
 /// parlor-bench: load and latency measurements against a parlor server.
 #[derive(Debug, Parser)]
-#[command(name = "parlor-bench", version, about)]
+#[command(
+    name = "parlor-bench",
+    version,
+    about = "Load generator for any parlor server: wake latency, fan-out, throughput and soak runs that check every message arrives once and in order"
+)]
 struct Args {
     /// The scenario to run.
     #[arg(value_enum)]
