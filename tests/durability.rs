@@ -611,6 +611,18 @@ fn bad_data_directories_are_clear_errors_at_start() {
     let stderr = refused_start(&newer);
     assert!(stderr.contains("newer than this parlor"), "{stderr}");
 
+    // A directory another parlor is using is refused: two writers on one
+    // database would block each other.
+    let busy = data_dir("busy");
+    let first = Node::start(&busy, &[]);
+    let stderr = refused_start(&busy);
+    assert!(
+        stderr.contains("another parlor is using the data directory"),
+        "{stderr}"
+    );
+    drop(first);
+    let _ = std::fs::remove_dir_all(&busy);
+
     // A data directory that cannot be created (a file is in the way).
     let blocked = data_dir("blocked");
     std::fs::write(&blocked, b"a file").unwrap();
@@ -692,4 +704,92 @@ async fn a_schema_2_database_with_live_clients_is_migrated_and_they_resume() {
         .unwrap();
     assert_eq!(version, 3);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn concurrent_sends_and_polls_on_the_durable_store_never_stall() {
+    // Sends waiting for their commit, polls reading, the writer publishing
+    // durability: all three at once is where a lock-order mistake deadlocks.
+    // A deadlock would also stall the runtime's timers, so the work runs on
+    // its own runtime and this thread is the watchdog.
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(sends_and_polls_at_once());
+        let _ = done.send(());
+    });
+    match finished.recv_timeout(Duration::from_secs(60)) {
+        Ok(()) => {}
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("sends and polls on the durable store stalled for 60 s: a deadlock?")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("the stress run failed (its panic is printed above)")
+        }
+    }
+}
+
+async fn sends_and_polls_at_once() {
+    let dir = data_dir("stress");
+    let mut config = common::test_config();
+    config.ephemeral = false;
+    config.data_dir = dir.clone();
+    let server = common::TestServer::start_with(config).await;
+    let mut readers = Vec::new();
+    for n in 0..4 {
+        let mut reader = server.join(&format!("reader{n}")).await;
+        reader.events_now().await;
+        readers.push(reader);
+    }
+    let senders: Vec<_> = futures_of(4, |n| {
+        let server = &server;
+        async move {
+            let sender = server.join(&format!("sender{n}")).await;
+            for m in 0..150 {
+                assert_eq!(sender.send("lobby", &format!("s{n}-{m}")).await.status, 200);
+            }
+        }
+    });
+    let reading = readers.iter_mut().map(|reader| async move {
+        let mut seen = 0;
+        while seen < 600 {
+            let events = reader.poll_for(200).await;
+            seen += message_texts(&events).len();
+        }
+        seen
+    });
+    let (_, counts) = tokio::join!(join_all(senders), join_all(reading.collect()));
+    assert!(counts.iter().all(|&seen| seen == 600), "{counts:?}");
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn futures_of<F: std::future::Future>(count: usize, make: impl Fn(usize) -> F) -> Vec<F> {
+    (0..count).map(make).collect()
+}
+
+/// Drives futures concurrently on this task; their outputs in order.
+async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.into_iter().map(Box::pin).enumerate().collect();
+    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        pending.retain_mut(|(index, future)| match future.as_mut().poll(cx) {
+            std::task::Poll::Ready(output) => {
+                outputs[*index] = Some(output);
+                false
+            }
+            std::task::Poll::Pending => true,
+        });
+        if pending.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.expect("finished")).collect()
 }

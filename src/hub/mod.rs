@@ -268,26 +268,27 @@ impl Hub {
     /// Waits until `ticket` is durable (503 after `SEND_DURABILITY_TIMEOUT`).
     async fn wait_durable(&self, ticket: u64) -> ApiResult<()> {
         let mut durable = self.shared.durable.clone();
-        let waited = tokio::time::timeout(
+        let waiting = tokio::time::timeout(
             SEND_DURABILITY_TIMEOUT,
             durable.wait_for(|done| *done >= ticket),
-        )
-        .await;
-        match waited {
-            Ok(Ok(_)) => {
-                // Make the operation's events visible and wake their readers
-                // from here, rather than one task hop later from
-                // `run_visibility`: a woken poll's latency is the product.
-                let durable = *self.shared.durable.borrow();
-                self.advance_durable(durable);
-                Ok(())
-            }
-            _ => Err(ApiError::new(
+        );
+        // `wait_for` answers with a guard that read-locks the watch: it must
+        // be gone before the hub lock is taken, or this task (watch, then
+        // hub) and a poll (hub, then watch) deadlock once the store writer
+        // queues for the watch's write lock.
+        let reached = matches!(waiting.await, Ok(Ok(_)));
+        if !reached {
+            return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_stored",
                 "the message could not be stored in time; retry with the same client_msg_id",
-            )),
+            ));
         }
+        // Make the operation's events visible and wake their readers from
+        // here, rather than one task hop later from `run_visibility`.
+        let durable_through = *self.shared.durable.borrow();
+        self.advance_durable(durable_through);
+        Ok(())
     }
 
     /// Writes whatever the store has queued; called at shutdown.
@@ -382,7 +383,8 @@ impl Hub {
     pub fn sync(&self, token: &str) -> ApiResult<Session> {
         let mut state = self.state();
         let key = state.client_key(token)?;
-        state.advance_durable(*self.shared.durable.borrow(), Instant::now());
+        let durable_through = *self.shared.durable.borrow();
+        state.advance_durable(durable_through, Instant::now());
         Ok(state.session(key, self.shared.config))
     }
 
@@ -439,7 +441,8 @@ impl Hub {
         let key = state.client_key(token)?;
         // Catch up with the store first: a /send answered 200 a moment ago
         // must be readable now, even if the visibility task has not run yet.
-        state.advance_durable(*self.shared.durable.borrow(), now);
+        let durable_through = *self.shared.durable.borrow();
+        state.advance_durable(durable_through, now);
         // A newer poll of the same client wins; the older is answered empty.
         state.clients.supersede(key, now);
         let user_name = state.user_of(key)?;

@@ -32,6 +32,11 @@ use crate::event::{EventBytes, Message, Status};
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "parlor.db";
+/// Held locked (flock) while a parlor uses the directory, so two processes
+/// never share one database (their writers would block each other forever).
+pub const LOCK_FILE: &str = "parlor.lock";
+/// Once shutdown has begun, a failing commit is retried this long at most.
+const SHUTDOWN_RETRY_LIMIT: Duration = Duration::from_secs(5);
 
 /// Schema steps; `user_version` is how many have been applied.
 const MIGRATIONS: &[&str] = &[
@@ -139,6 +144,10 @@ pub struct SqliteOptions {
 
 pub struct SqliteStore {
     path: PathBuf,
+    /// The locked lock file; released when the store is dropped.
+    _lock: std::fs::File,
+    /// Set when shutdown begins, so a failing writer gives up in time.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     reader: Mutex<Connection>,
     /// None once the store is shutting down.
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
@@ -174,6 +183,29 @@ impl SqliteStore {
                 e,
             )
         })?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))
+            .map_err(|e| {
+                error(
+                    &format!("cannot write in the data directory {}", dir.display()),
+                    e,
+                )
+            })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError(format!(
+                    "another parlor is using the data directory {}; stop it first or choose another --data-dir",
+                    dir.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(error(&format!("cannot lock the data directory {}", dir.display()), e))
+            }
+        }
         let path = dir.join(DATABASE_FILE);
         let mut writer = open_writer(&path, options.sync)?;
         migrate(&mut writer, SCHEMA_VERSION)?;
@@ -189,12 +221,16 @@ impl SqliteStore {
         let durable = Arc::new(watch::Sender::new(0));
         let (jobs, queue) = mpsc::channel();
         let writer_durable = durable.clone();
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer_stopping = stopping.clone();
         let writer = std::thread::Builder::new()
             .name("parlor-store-writer".into())
-            .spawn(move || run_writer(writer, queue, writer_durable, options))
+            .spawn(move || run_writer(writer, queue, writer_durable, writer_stopping, options))
             .map_err(|e| error("cannot start the store writer thread", e))?;
         Ok(SqliteStore {
             path,
+            _lock: lock,
+            stopping,
             reader: Mutex::new(reader),
             jobs: Mutex::new(Some(jobs)),
             durable,
@@ -226,6 +262,8 @@ impl SqliteStore {
 
     /// Writes everything queued, then stops the writer thread.
     pub fn stop_writer(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(writer) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = writer.join();
@@ -312,6 +350,7 @@ fn run_writer(
     mut connection: Connection,
     queue: mpsc::Receiver<Job>,
     durable: Arc<watch::Sender<u64>>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     options: SqliteOptions,
 ) {
     let mut next_pruning = Instant::now();
@@ -352,12 +391,21 @@ fn run_writer(
             }
         }
         let mut backoff = Duration::from_millis(10);
+        let mut stopping_since: Option<Instant> = None;
         let outcome = loop {
             match write_batch(&mut connection, &batch) {
                 Ok(outcome) => break outcome,
                 Err(e) => {
                     // Nothing is acknowledged until written: senders wait (and
-                    // time out with 503) while the disk is failing.
+                    // time out with 503) while the disk is failing. At
+                    // shutdown, give up after a bound rather than hang.
+                    if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                        let since = *stopping_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > SHUTDOWN_RETRY_LIMIT {
+                            tracing::error!(error = %e, jobs = batch.len(), "store commit still failing at shutdown; these changes are lost");
+                            return;
+                        }
+                    }
                     tracing::error!(error = %e, "store commit failed; retrying in {backoff:?}");
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);

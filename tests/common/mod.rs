@@ -248,9 +248,27 @@ pub async fn request_to(
         .unwrap_or_else(|error| panic!("{path}: {error}"))
 }
 
+/// Longest any test request may take: a server that hangs (a deadlock) fails
+/// the test instead of stalling the suite. Polls wait at most 25 s.
+const REQUEST_LIMIT: Duration = Duration::from_secs(30);
+
 /// One request on a new connection; Err when the connection fails (e.g. the
 /// server was killed mid-request).
 pub async fn try_request_to(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<Answer, String> {
+    tokio::time::timeout(REQUEST_LIMIT, exchange(addr, method, path, headers, body))
+        .await
+        .unwrap_or_else(|_| {
+            panic!("{path}: no answer within {REQUEST_LIMIT:?}: is the server hung?")
+        })
+}
+
+async fn exchange(
     addr: SocketAddr,
     method: Method,
     path: &str,
