@@ -226,28 +226,39 @@ fn large_database() -> PathBuf {
             .prepare("INSERT INTO clients VALUES (?1, ?2, ?3)")
             .unwrap();
         let mut mailbox = tx
-            .prepare("INSERT INTO mailboxes VALUES (?1, 0, 0)")
-            .unwrap();
-        let mut event = tx
-            .prepare("INSERT INTO mailbox_events VALUES (?1, ?2, ?3)")
+            .prepare(
+                "INSERT INTO mailboxes (user, start, presence_seen, oldest_delivery) VALUES (?1, 0, 0, 1)",
+            )
             .unwrap();
         let mut presence = tx
             .prepare("INSERT INTO presence VALUES (?1, 'online', ?2)")
             .unwrap();
-        for n in 0..1_000u64 {
-            let user = format!("user{n}");
+        let online: Vec<String> = (0..1_000).map(|n| format!("user{n}")).collect();
+        for (n, user) in online.iter().enumerate() {
             client
-                .execute((n + 1, format!("token{n:036}"), &user))
+                .execute((n as u64 + 1, format!("token{n:036}"), user))
                 .unwrap();
-            mailbox.execute([&user]).unwrap();
-            presence.execute((&user, n + 1)).unwrap();
-            for seq in 1..=parlor::config::MAILBOX_CAPACITY as u64 {
-                event
-                    .execute((&user, seq, br#"{"type":"message","id":1,"conversation":"lobby","from":"user1","text":"a typical chat line","at":1}"#.as_slice()))
-                    .unwrap();
-            }
+            mailbox.execute([user]).unwrap();
+            presence.execute((user, n as u64 + 1)).unwrap();
         }
-        tx.execute("INSERT INTO counters VALUES ('presence_version', 1000), ('last_client_id', 1000), ('last_message_id', 1000000)", []).unwrap();
+        // Full mailboxes: 4 096 lobby messages, each one delivery to all 1 000.
+        let mut delivery = tx
+            .prepare("INSERT INTO deliveries VALUES (?1, ?2, ?3)")
+            .unwrap();
+        let body: &[u8] = br#"{"type":"message","id":1,"conversation":"lobby","from":"user1","text":"a typical chat line","at":1}"#;
+        for seq in 1..=parlor::config::MAILBOX_CAPACITY as u64 {
+            let recipients: Vec<(&str, u64)> =
+                online.iter().map(|user| (user.as_str(), seq)).collect();
+            delivery
+                .execute((seq, body, serde_json::to_string(&recipients).unwrap()))
+                .unwrap();
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO counters VALUES ('presence_version', 1000), ('last_client_id', 1000),
+                 ('last_message_id', 1000000), ('last_delivery_id', 4096)",
+            [],
+        )
+        .unwrap();
     }
     tx.commit().unwrap();
     std::fs::write(marker, b"").unwrap();

@@ -1248,14 +1248,22 @@ impl State {
             }
             return;
         }
-        let members = self
-            .rooms
-            .get(conversation)
-            .or_else(|| self.dialogs.get(conversation))
-            .map(|c| c.members.clone())
-            .unwrap_or_default();
+        // Borrow the member list out of the conversation while delivering
+        // (delivery needs `&mut self`) rather than copy it per message.
+        let members = match self.rooms.get_mut(conversation) {
+            Some(room) => std::mem::take(&mut room.members),
+            None => match self.dialogs.get_mut(conversation) {
+                Some(dialog) => std::mem::take(&mut dialog.members),
+                None => return,
+            },
+        };
         for member in &members {
             self.deliver(member, event, now);
+        }
+        if let Some(room) = self.rooms.get_mut(conversation) {
+            room.members = members;
+        } else if let Some(dialog) = self.dialogs.get_mut(conversation) {
+            dialog.members = members;
         }
     }
 
