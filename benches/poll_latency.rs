@@ -20,122 +20,26 @@
 //! --measurement-time 2` for a quick look). Client and server share one
 //! process: 5 000 parked polls hold 10 000 descriptors (`ulimit -n`).
 
+mod support;
+
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
-use std::pin::{pin, Pin};
 use std::rc::Rc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::client::conn::http1::{self, Connection, SendRequest};
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
 use parlor::hub::Hub;
 use parlor::{Config, Server};
 use serde::Deserialize;
-use tokio::net::{TcpListener, TcpStream};
+use support::{Conn, TEXT};
+use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
 /// Polls parked besides the measured receiver's, one stage each.
 const PARKED: [usize; 3] = [0, 1_000, 5_000];
-/// The 64-byte message text of the reference measurements.
-const TEXT: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-
-/// A connection idle for longer is replaced before its next request.
-const IDLE_REOPEN: Duration = Duration::from_secs(2);
-
-type Error = Box<dyn std::error::Error + Send + Sync>;
-
-// ---------------------------------------------------------------------------
-// A kept-alive client connection, driven by the task that uses it.
-
-struct Conn {
-    send: SendRequest<Full<Bytes>>,
-    conn: Pin<Box<Connection<TokioIo<TcpStream>, Full<Bytes>>>>,
-    host: HeaderValue,
-    addr: SocketAddr,
-    last_used: Instant,
-}
-
-impl Conn {
-    async fn open(addr: SocketAddr) -> Conn {
-        let stream = TcpStream::connect(addr)
-            .await
-            .expect("connect to the bench server");
-        stream.set_nodelay(true).expect("set TCP_NODELAY");
-        let (send, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("HTTP/1 handshake");
-        Conn {
-            send,
-            conn: Box::pin(conn),
-            host: HeaderValue::from_str(&addr.to_string()).expect("an address is a valid host"),
-            addr,
-            last_used: Instant::now(),
-        }
-    }
-
-    /// Reconnects a connection that sat idle: parlor closes connections
-    /// idle past its header timeout (10 s), and racing that close would
-    /// fail a request now and then.
-    async fn revive(&mut self) {
-        if self.last_used.elapsed() > IDLE_REOPEN || self.send.is_closed() {
-            *self = Conn::open(self.addr).await;
-        }
-        self.last_used = Instant::now();
-    }
-
-    async fn get(&mut self, uri: String) -> Result<(StatusCode, Bytes), Error> {
-        let request = Request::builder()
-            .method(Method::GET)
-            .uri(uri)
-            .header(HOST, self.host.clone())
-            .body(Full::new(Bytes::new()))?;
-        self.call(request).await
-    }
-
-    async fn post(&mut self, path: &str, form: String) -> Result<(StatusCode, Bytes), Error> {
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(path)
-            .header(HOST, self.host.clone())
-            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Full::new(Bytes::from(form)))?;
-        self.call(request).await
-    }
-
-    /// Sends a request and reads the whole answer, polling the connection
-    /// future alongside (no connection task, no channel hop).
-    async fn call(&mut self, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), Error> {
-        self.revive().await;
-        let Conn { send, conn, .. } = self;
-        let mut work = pin!(async move {
-            send.ready().await?;
-            let response = send.send_request(request).await?;
-            let status = response.status();
-            let body = response.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((status, body))
-        });
-        poll_fn(|cx| {
-            if let Poll::Ready(result) = work.as_mut().poll(cx) {
-                return Poll::Ready(result.map_err(Error::from));
-            }
-            match conn.as_mut().poll(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok(())) => Poll::Ready(Err("connection closed".into())),
-                Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),
-            }
-        })
-        .await
-    }
-}
 
 #[derive(Deserialize)]
 struct Joined {
