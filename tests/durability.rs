@@ -670,7 +670,7 @@ async fn a_schema_2_database_with_live_clients_is_migrated_and_they_resume() {
         parlor::store::sqlite::migrate(&mut db, 2).unwrap();
         db.execute_batch(&format!(
             r#"INSERT INTO clients VALUES (5, '{token}', 'ann');
-               INSERT INTO mailboxes VALUES ('ann', 0, 0);
+               INSERT INTO mailboxes VALUES ('ann', 0, 1); -- has seen presence version 1
                INSERT INTO mailbox_events VALUES
                    ('ann', 1, '{{"type":"notification","data":"one"}}'),
                    ('ann', 2, '{{"type":"notification","data":"two"}}'),
