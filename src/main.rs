@@ -10,6 +10,15 @@ use tracing_subscriber::EnvFilter;
 
 use parlor::{Config, Server};
 
+/// jemalloc rather than glibc malloc. An idle connection holds two 8 KiB
+/// buffers of hyper's of which it has written a few hundred bytes; glibc's
+/// in-band chunk headers touch every page of them, jemalloc's size classes
+/// leave untouched pages unmapped. Measured (docs/performance.md): RSS per
+/// parked poll 12.9 -> 5.6 KiB, and 27 % more deliveries per CPU-second.
+/// (mimalloc was faster still but kept 21 KiB per parked poll.)
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let config = Config::parse();
     tracing_subscriber::fmt()

@@ -240,3 +240,57 @@ async fn post_poll_with_json_and_bearer_works_like_get() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_mailbox_keeps_only_what_some_tab_has_not_acknowledged() {
+    let server = TestServer::start().await;
+    let mut tab1 = server.join("ann").await;
+    let mut tab2 = server.join("ann").await;
+    // Each tab reads ann's own presence, then polls from the head, which
+    // acknowledges it: the mailbox starts empty.
+    for _ in 0..2 {
+        tab1.events_now().await;
+        tab2.events_now().await;
+    }
+    assert_eq!(server.hub.stats().mailbox_events, 0);
+    // The joiners never poll: their mailboxes hold the one message, and
+    // presence only reaches a mailbox when it is polled.
+    for n in 0..300 {
+        server.join(&format!("u{n}")).await;
+    }
+    tab1.send("lobby", "hello").await;
+
+    // tab1 reads everything; tab2 has acknowledged none of it yet.
+    let before_last_read = tab1.cursor;
+    let mut read = 0;
+    loop {
+        let events = tab1.events_now().await;
+        if events.is_empty() {
+            break;
+        }
+        read += events.len();
+    }
+    assert_eq!(read, 301, "300 joiners' presence and one message");
+    let joiners_unread = 300;
+    assert_eq!(server.hub.stats().mailbox_events, 301 + joiners_unread);
+
+    // A retry of an answered poll is still served, and so is the slow tab.
+    let retry = tab1.poll_raw(before_last_read, Some(0)).await;
+    assert_eq!(retry.status, 200, "{}", retry.text);
+    let mut slow = 0;
+    loop {
+        let events = tab2.events_now().await;
+        if events.is_empty() {
+            break;
+        }
+        slow += events.len();
+    }
+    assert_eq!(slow, 301, "the slow tab misses nothing");
+
+    // Both tabs have now polled from the head: nothing is kept for them,
+    // and both carry on from there.
+    assert_eq!(server.hub.stats().mailbox_events, joiners_unread);
+    tab2.send("lobby", "again").await;
+    assert_eq!(texts(&tab1.events_now().await), ["again"]);
+    assert_eq!(texts(&tab2.events_now().await), ["again"]);
+}

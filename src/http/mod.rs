@@ -32,14 +32,17 @@ pub struct App {
 /// The service function: never fails at the HTTP level, since every error
 /// is an answer the client should read.
 pub async fn handle(app: App, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    // Kept for the error log and Allow header: cloning a `Uri` shares its
+    // bytes, where copying the path out would allocate on every request.
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    let uri = request.uri().clone();
+    let path = uri.path();
     let response = match route(&app, request).await {
         Ok(response) => response,
         Err(error) => {
             tracing::debug!(%method, %path, %error, "request failed");
             let allowed = (error.status == StatusCode::METHOD_NOT_ALLOWED)
-                .then(|| allowed_methods(&path))
+                .then(|| allowed_methods(path))
                 .flatten();
             let mut response = error.into_response();
             if let Some(allowed) = allowed {
@@ -55,8 +58,9 @@ pub async fn handle(app: App, request: Request<Incoming>) -> Result<Response<Bod
 
 async fn route(app: &App, request: Request<Incoming>) -> ApiResult<Response<Body>> {
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    if let Some(allowed) = allowed_methods(&path) {
+    let uri = request.uri().clone();
+    let path = uri.path();
+    if let Some(allowed) = allowed_methods(path) {
         if !allowed.split(", ").any(|m| m == method.as_str()) {
             return Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -66,7 +70,7 @@ async fn route(app: &App, request: Request<Incoming>) -> ApiResult<Response<Body
         }
     }
     let hub = &app.hub;
-    match path.as_str() {
+    match path {
         "/healthz" => Ok(api::status::healthz()),
         "/join" => api::session::join(hub, Params::read(request).await?).await,
         "/sync" => api::session::sync(hub, Params::read(request).await?),
@@ -81,7 +85,7 @@ async fn route(app: &App, request: Request<Incoming>) -> ApiResult<Response<Body
         "/rooms/leave" => api::conversations::leave_room(hub, Params::read(request).await?),
         "/api/publish" => api::publish::publish(app, Params::read(request).await?),
         _ if method == Method::GET || method == Method::HEAD => {
-            static_files::serve(&app.public_dir, &method, &path, request.headers()).await
+            static_files::serve(&app.public_dir, &method, path, request.headers()).await
         }
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -8,8 +8,6 @@
 //! undeclared one is cut off at the limit, and a body that trickles in is
 //! cut off after `BODY_READ_TIMEOUT`.
 
-use std::collections::HashMap;
-
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
@@ -22,7 +20,11 @@ use crate::error::{ApiError, ApiResult};
 /// A request's parameters, whatever encoding they came in.
 #[derive(Debug, Default)]
 pub struct Params {
-    values: HashMap<String, Value>,
+    /// (name, value) in arrival order: query first, then body. Looked up
+    /// from the back, so a later value wins. A request has a handful of
+    /// parameters: a scan beats hashing them, and a body with thousands of
+    /// keys costs O(keys) to read rather than quadratic deduplication.
+    values: Vec<(String, Value)>,
     /// The token from `Authorization: Bearer ...`, if sent.
     bearer: Option<String>,
     /// Whether the body was JSON (some endpoints accept only JSON).
@@ -39,7 +41,7 @@ impl Params {
         };
         if let Some(query) = parts.uri.query() {
             for (key, value) in decode_form(query.as_bytes())? {
-                params.values.insert(key, Value::String(value));
+                params.values.push((key, Value::String(value)));
             }
         }
 
@@ -89,7 +91,7 @@ impl Params {
             }
             "application/x-www-form-urlencoded" => {
                 for (key, value) in decode_form(&body)? {
-                    params.values.insert(key, Value::String(value));
+                    params.values.push((key, Value::String(value)));
                 }
             }
             _ => {
@@ -105,7 +107,7 @@ impl Params {
 
     /// A string parameter, if present.
     pub fn optional_str(&self, name: &str) -> ApiResult<Option<&str>> {
-        match self.values.get(name) {
+        match self.value(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(text)) => Ok(Some(text)),
             Some(_) => Err(ApiError::invalid_param(name, "a string")),
@@ -120,7 +122,7 @@ impl Params {
     /// A non-negative integer, given as a JSON number or as decimal text.
     pub fn optional_u64(&self, name: &str) -> ApiResult<Option<u64>> {
         let invalid = || ApiError::invalid_param(name, "a non-negative integer");
-        match self.values.get(name) {
+        match self.value(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Number(number)) => number.as_u64().map(Some).ok_or_else(invalid),
             Some(Value::String(text)) if text.is_empty() => Ok(None),
@@ -136,7 +138,11 @@ impl Params {
 
     /// A raw JSON value (for endpoints that take structured data).
     pub fn value(&self, name: &str) -> Option<&Value> {
-        self.values.get(name)
+        self.values
+            .iter()
+            .rev()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value)
     }
 
     /// The client token: `Authorization: Bearer` first, else a `token` field.

@@ -36,6 +36,11 @@ pub struct Client {
     pub id: u64,
     pub token: String,
     pub user: String,
+    /// The highest cursor the client has polled with (or was handed by
+    /// /join or /sync): it has seen every event up to there, so its user's
+    /// mailbox need not keep them for it (field-notes item 1: keep what a
+    /// live client has not acknowledged).
+    pub acked: u64,
     parked: Option<ParkedPoll>,
     idle_deadline: Option<Instant>,
 }
@@ -88,23 +93,33 @@ impl Clients {
         }
     }
 
-    /// A new client of `user`, idle from `now`.
-    pub fn open(&mut self, user: &str, now: Instant) -> usize {
-        self.insert(self.last_client_id + 1, auth::new_token(), user, now)
+    /// A new client of `user`, idle from `now`, starting at cursor `acked`.
+    pub fn open(&mut self, user: &str, acked: u64, now: Instant) -> usize {
+        self.insert(self.last_client_id + 1, auth::new_token(), user, acked, now)
     }
 
     /// A client as the store kept it, given a full inactivity timeout from
     /// `now`: time the server was down does not count against it.
-    pub fn restore(&mut self, id: u64, token: String, user: &str, now: Instant) -> usize {
-        self.insert(id, token, user, now)
+    /// `acked` is where its mailbox starts: nothing kept is trimmed for it
+    /// until it polls again.
+    pub fn restore(
+        &mut self,
+        id: u64,
+        token: String,
+        user: &str,
+        acked: u64,
+        now: Instant,
+    ) -> usize {
+        self.insert(id, token, user, acked, now)
     }
 
-    fn insert(&mut self, id: u64, token: String, user: &str, now: Instant) -> usize {
+    fn insert(&mut self, id: u64, token: String, user: &str, acked: u64, now: Instant) -> usize {
         self.last_client_id = self.last_client_id.max(id);
         let key = self.slab.insert(Client {
             id,
             token: token.clone(),
             user: user.to_owned(),
+            acked,
             parked: None,
             idle_deadline: None,
         });
@@ -138,6 +153,21 @@ impl Clients {
 
     pub fn get(&self, key: usize) -> Option<&Client> {
         self.slab.get(key)
+    }
+
+    /// Records that the client has seen every event up to `cursor` (never
+    /// moving back: an older cursor is a retry of something already seen).
+    pub fn acknowledge(&mut self, key: usize, cursor: u64) {
+        if let Some(client) = self.slab.get_mut(key) {
+            client.acked = client.acked.max(cursor);
+        }
+    }
+
+    /// Sets where the client resumes from (/sync hands it a fresh cursor).
+    pub fn reset_acked(&mut self, key: usize, cursor: u64) {
+        if let Some(client) = self.slab.get_mut(key) {
+            client.acked = cursor;
+        }
     }
 
     /// (Re)starts the client's inactivity countdown from `now`.

@@ -16,6 +16,10 @@ use std::collections::VecDeque;
 use crate::config::MAILBOX_CAPACITY;
 use crate::event::EventBytes;
 
+/// Trimmed logs are not shrunk below this many entries' room: shrinking
+/// costs a copy, and a small log refills as soon as events arrive.
+const SHRINK_FLOOR: usize = 16;
+
 #[derive(Debug)]
 struct Entry {
     event: EventBytes,
@@ -188,6 +192,23 @@ impl Mailbox {
         }
     }
 
+    /// Drops the events up to `seq` (every reader has seen them). Returns
+    /// whether the start moved. Gives memory back when the log shrank far
+    /// below what it once held (a burst of presence after a mass join).
+    pub fn trim_through(&mut self, seq: u64) -> bool {
+        let seq = seq.min(self.head());
+        if seq <= self.start {
+            return false;
+        }
+        self.events.drain(..(seq - self.start) as usize);
+        self.start = seq;
+        if self.events.capacity() > 4 * self.events.len().max(SHRINK_FLOOR) {
+            self.events
+                .shrink_to(2 * self.events.len().max(SHRINK_FLOOR));
+        }
+        true
+    }
+
     /// Events after `cursor` (0 if the cursor is out of range).
     pub fn unread_after(&self, cursor: u64) -> usize {
         if cursor < self.start || cursor > self.head() {
@@ -243,6 +264,26 @@ mod tests {
         ));
         assert_eq!(seqs(mailbox.read(3, 2)), vec![4, 5]);
         assert_eq!(mailbox.unread_after(3), MAILBOX_CAPACITY);
+    }
+
+    #[test]
+    fn trimming_drops_acknowledged_events_and_keeps_cursors_valid() {
+        let mut mailbox = Mailbox::new(0);
+        for n in 0..1000 {
+            mailbox.push(event(n));
+        }
+        assert!(mailbox.trim_through(998));
+        assert_eq!(mailbox.len(), 2);
+        assert!(mailbox.events.capacity() < 1000, "memory is given back");
+        assert_eq!(seqs(mailbox.read(998, 10)), vec![999, 1000]);
+        assert!(matches!(
+            mailbox.read(997, 10),
+            Read::Expired { oldest_cursor: 998 }
+        ));
+        assert!(!mailbox.trim_through(500), "never moves back");
+        assert!(mailbox.trim_through(5000), "capped at the head");
+        assert_eq!((mailbox.start(), mailbox.head()), (1000, 1000));
+        assert_eq!(mailbox.push(event(0)), 1001);
     }
 
     #[test]
