@@ -4,19 +4,24 @@
 Reads any number of parlor-bench JSON files (latency and fanout runs are
 plotted; other scenarios are ignored) and writes one PNG with two panels:
 
-  left:  wake latency p50/p90/p99 and the /healthz floor p50 against the
+  left:  wake latency p50 and p99 and the /healthz floor p50 against the
          number of other polls parked, with the wake/floor ratio annotated;
   right: fan-out time (until the last poller has the message, p50 with the
-         p90 as error bar) against the room size, with the floor multiple.
+         p90 as error bar) against the room size.
+
+Each file's directory names its series (scripts/bench-suite.sh writes
+results/sqlite/*.json and results/ephemeral/*.json), so both stores share
+the axes.
 
 Usage:
-    scripts/plot-bench.py -o docs/bench.png results/*.json
+    scripts/plot-bench.py -o docs/bench.png results/sqlite/*.json results/ephemeral/*.json
 
 Needs matplotlib (pip install matplotlib).
 """
 
 import argparse
 import json
+import os
 import sys
 
 import matplotlib
@@ -33,7 +38,9 @@ def load(paths):
         if not text:
             print(f"skipping empty {path}", file=sys.stderr)
             continue
-        runs.append(json.loads(text))
+        run = json.loads(text)
+        run["series"] = os.path.basename(os.path.dirname(os.path.abspath(path)))
+        runs.append(run)
     return runs
 
 
@@ -59,49 +66,51 @@ def main():
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     fig.suptitle(args.title)
 
+    series = sorted({r["series"] for r in runs})
+    markers = ["o", "s", "^", "D"]
     if latency:
-        parked = [r["parked_others"] for r in latency]
-        for key, style in (("p50", "o-"), ("p90", "s--"), ("p99", "^:")):
-            left.plot(parked, [r["wake_us"][key] for r in latency], style, label=f"wake {key}")
-        floor = [r["floor_us"]["p50"] for r in latency]
-        left.plot(parked, floor, "k.-", label="floor p50 (GET /healthz)")
-        for x, r in zip(parked, latency):
-            left.annotate(
-                f'{r["ratio_p50"]:.2f}× floor',
-                (x, r["wake_us"]["p50"]),
-                textcoords="offset points",
-                xytext=(4, -12),
-                fontsize=8,
-            )
-        left.set_xlabel("other polls parked")
-        left.set_ylabel("µs")
-        left.set_title("wake latency: /send → parked poll has its answer")
-        left.set_ylim(bottom=0)
-        left.grid(alpha=0.3)
-        left.legend(fontsize=8)
-
-    if fanout:
-        sizes = [r["clients"] for r in fanout]
-        p50 = [r["last_ms"]["p50"] for r in fanout]
-        p90 = [r["last_ms"]["p90"] for r in fanout]
-        errors = [[0] * len(p50), [b - a for a, b in zip(p50, p90)]]
-        right.errorbar(sizes, p50, yerr=errors, fmt="o-", capsize=4, label="last poller, p50 (bar: p90)")
-        right.plot(sizes, [r["first_ms"]["p50"] for r in fanout], "s--", label="first poller, p50")
-        for x, r in zip(sizes, fanout):
-            if r.get("last_p50_in_floors"):
-                right.annotate(
-                    f'{r["last_p50_in_floors"]:.0f} floors',
-                    (x, r["last_ms"]["p50"]),
+        for i, name in enumerate(series):
+            mine = [r for r in latency if r["series"] == name]
+            if not mine:
+                continue
+            parked = [r["parked_others"] for r in mine]
+            m = markers[i % len(markers)]
+            left.plot(parked, [r["wake_us"]["p50"] for r in mine], m + "-", label=f"{name}: wake p50")
+            left.plot(parked, [r["wake_us"]["p99"] for r in mine], m + ":", label=f"{name}: wake p99")
+            left.plot(parked, [r["floor_us"]["p50"] for r in mine], m + "--", color="gray", label=f"{name}: floor p50")
+            for x, r in zip(parked, mine):
+                left.annotate(
+                    f'{r["ratio_p50"]:.2f}×',
+                    (x, r["wake_us"]["p50"]),
                     textcoords="offset points",
-                    xytext=(4, -12),
+                    xytext=(4, 4),
                     fontsize=8,
                 )
+        left.set_xlabel("other polls parked")
+        left.set_ylabel("µs")
+        left.set_title("wake latency: /send → parked poll has its answer\n(annotated: p50 / floor p50)")
+        left.set_ylim(bottom=0)
+        left.grid(alpha=0.3)
+        left.legend(fontsize=7)
+
+    if fanout:
+        for i, name in enumerate(series):
+            mine = [r for r in fanout if r["series"] == name]
+            if not mine:
+                continue
+            sizes = [r["clients"] for r in mine]
+            p50 = [r["last_ms"]["p50"] for r in mine]
+            p90 = [r["last_ms"]["p90"] for r in mine]
+            errors = [[0] * len(p50), [b - a for a, b in zip(p50, p90)]]
+            m = markers[i % len(markers)]
+            right.errorbar(sizes, p50, yerr=errors, fmt=m + "-", capsize=4, label=f"{name}: last poller p50 (bar: p90)")
+            right.plot(sizes, [r["first_ms"]["p50"] for r in mine], m + "--", label=f"{name}: first poller p50")
         right.set_xlabel("polls parked in the room")
         right.set_ylabel("ms")
         right.set_title("fan-out: one message until the last poller has it")
         right.set_ylim(bottom=0)
         right.grid(alpha=0.3)
-        right.legend(fontsize=8)
+        right.legend(fontsize=7)
 
     fig.tight_layout()
     fig.savefig(args.output, dpi=110)

@@ -307,7 +307,10 @@ fn open_writer(path: &Path, sync: SyncMode) -> StoreResult<Connection> {
     };
     connection
         .execute_batch(&format!(
-            "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = OFF;"
+            // A burst (a mass join's presence catch-up) can grow the WAL to
+            // gigabytes; once a checkpoint resets it, give the space back.
+            "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = OFF;
+             PRAGMA journal_size_limit = 67108864;"
         ))
         .map_err(not_a_database)?;
     Ok(connection)
