@@ -702,7 +702,7 @@ async fn a_schema_2_database_with_live_clients_is_migrated_and_they_resume() {
     let version: u32 = db
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, parlor::store::sqlite::SCHEMA_VERSION);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -792,4 +792,76 @@ async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
     })
     .await;
     outputs.into_iter().map(|o| o.expect("finished")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_storm_stores_no_presence_copies_and_readers_resume_after_restart() {
+    let dir = data_dir("join-storm");
+    let node = Node::start(&dir, &[]);
+    let (ann, start) = node.join("ann", "pw").await;
+    let joiners = 300;
+    for n in 0..joiners {
+        node.join(&format!("u{n}"), "pw").await;
+    }
+    // ann reads one batch of the joiners' presence and has not yet polled
+    // past it: those copies are unacknowledged when the server stops.
+    let (cursor, first_batch) = node.poll_waiting(&ann, start, 1500).await.unwrap();
+    assert!(
+        !first_batch.is_empty() && first_batch.len() < joiners,
+        "one batch: {}",
+        first_batch.len()
+    );
+    // Each mailbox gets a copy of each later joiner's presence: N² for a
+    // storm of N. None of it is written to disk.
+    let stored = |dir: &Path| -> i64 {
+        let db = rusqlite::Connection::open_with_flags(
+            dir.join("parlor.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        db.query_row("SELECT count(*) FROM deliveries", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(stored(&dir), 0, "no presence copy is stored");
+    assert!(node.terminate().success());
+
+    // After a restart the same cursor reads on: the slots the copies held
+    // are still numbered, and the presence they carried comes again.
+    let node = Node::start(&dir, &[]);
+    // A retry of the answered poll finds its slots filled with ann's own
+    // presence: harmless to read again, and the numbering holds.
+    let (again, filled) = node.poll(&ann, start).await.unwrap();
+    assert_eq!(again, cursor);
+    assert_eq!(seqs(&filled), seqs(&first_batch));
+    assert!(filled
+        .iter()
+        .all(|e| e["type"] == "presence" && e["user"] == "ann"));
+    let (cursor, rest) = node.drain(&ann, cursor).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for event in first_batch.iter().chain(&rest) {
+        if event["type"] == "presence" && event["user"] != "ann" {
+            assert_eq!(event["status"], "online", "{event}");
+            seen.insert(event["user"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(seen.len(), joiners, "ann learns of every joiner");
+    let numbers = seqs(&rest);
+    assert!(
+        numbers.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "one contiguous run of seqs"
+    );
+    // Messages still go through the store, once each.
+    let (u0, _) = node.join("u0", "pw").await;
+    let sent = node
+        .post(
+            "/send",
+            &[("token", &u0), ("conversation", "lobby"), ("text", "after")],
+        )
+        .await;
+    assert_eq!(sent.status, 200, "{}", sent.text);
+    let (_, more) = node.drain(&ann, cursor).await;
+    assert_eq!(message_texts(&more), ["after"]);
+    assert_eq!(stored(&dir), 1, "the message is one stored delivery");
+    node.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -70,33 +70,62 @@ impl Mailbox {
         }
     }
 
-    /// A mailbox as the store kept it: events `start + 1 ..` with their
-    /// delivery ids, all durable.
+    /// A mailbox as the store kept it. `stored` are (seq, delivery id,
+    /// event), all after `start`, in seq order; the mailbox runs to `head`
+    /// or its last stored event, whichever is newer. Seqs with no stored
+    /// event held presence copies, which are not stored: each is filled
+    /// with `filler`, so every cursor a client holds stays valid. Returns
+    /// the mailbox and whether anything was filled in.
     pub fn restore(
         start: u64,
+        head: u64,
         presence_seen: u64,
-        events: impl IntoIterator<Item = (EventBytes, u64)>,
-    ) -> Mailbox {
-        let mut events: VecDeque<_> = events
-            .into_iter()
-            .map(|(event, delivery)| Entry {
+        stored: impl IntoIterator<Item = (u64, u64, EventBytes)>,
+        filler: &EventBytes,
+        next_delivery: u64,
+    ) -> (Mailbox, bool) {
+        let mut events: VecDeque<Entry> = VecDeque::new();
+        let mut filled = false;
+        let mut seq = start;
+        // A filled slot needs the deliveries after it, like the event that
+        // follows it; slots after the last stored event need the next one.
+        let mut fill_to = |events: &mut VecDeque<Entry>, seq: &mut u64, until: u64, delivery| {
+            while *seq + 1 < until {
+                events.push_back(Entry {
+                    event: filler.clone(),
+                    ticket: 0,
+                    delivery,
+                });
+                *seq += 1;
+                filled = true;
+            }
+        };
+        for (stored_seq, delivery, event) in stored {
+            if stored_seq <= seq {
+                continue;
+            }
+            fill_to(&mut events, &mut seq, stored_seq, delivery);
+            events.push_back(Entry {
                 event,
                 ticket: 0,
                 delivery,
-            })
-            .collect();
+            });
+            seq = stored_seq;
+        }
+        fill_to(&mut events, &mut seq, head.saturating_add(1), next_delivery);
         let mut start = start;
         while events.len() > MAILBOX_CAPACITY {
             events.pop_front();
             start += 1;
         }
         let persisted_window = events.front().map(|entry| (start, entry.delivery));
-        Mailbox {
+        let mailbox = Mailbox {
             start,
             events,
             persisted_window,
             presence_seen,
-        }
+        };
+        (mailbox, filled)
     }
 
     /// The store delivery id of the oldest event kept.

@@ -901,13 +901,30 @@ impl State {
         for (id, token, user) in snapshot.clients {
             if !state.users.contains_key(&user) {
                 let mailbox = match mailboxes.remove(&user) {
-                    Some(kept) => Mailbox::restore(
-                        kept.start,
-                        kept.presence_seen,
-                        kept.events
-                            .into_iter()
-                            .map(|(_, delivery, body)| (body, delivery)),
-                    ),
+                    Some(kept) => {
+                        // Slots of presence copies (not stored) are filled
+                        // with the user's own presence, which a client may
+                        // read any number of times; the copies are then
+                        // made again from the board, so no change a client
+                        // had not read yet is lost.
+                        let filler = Event::Presence {
+                            user: &user,
+                            status: state.presence.status(&user),
+                        }
+                        .to_bytes();
+                        let (mut mailbox, filled) = Mailbox::restore(
+                            kept.start,
+                            kept.head,
+                            kept.presence_seen,
+                            kept.events,
+                            &filler,
+                            state.last_delivery_id + 1,
+                        );
+                        if filled {
+                            mailbox.presence_seen = 0;
+                        }
+                        mailbox
+                    }
                     None => {
                         let presence_seen = state.presence.version();
                         state.changes.push(Change::MailboxOpened {
@@ -1303,24 +1320,13 @@ impl State {
             .map(|client| client.acked)
             .min()
             .unwrap_or(cursor);
-        if !mailbox.trim_through(seen_by_all) || !self.persist_live {
-            return;
-        }
-        // Like overflow drops in `append`: the store's window may lag.
-        let moved = match mailbox.persisted_window {
-            None => true,
-            Some((start, _)) => mailbox.start() >= start + TRIM_WRITE_STEP,
-        };
-        if moved {
-            let oldest = mailbox
-                .oldest_delivery()
-                .unwrap_or(self.last_delivery_id + 1);
-            mailbox.persisted_window = Some((mailbox.start(), oldest));
-            self.window_changes.push(Change::MailboxWindow {
-                user: user.to_owned(),
-                start: mailbox.start(),
-                oldest_delivery: oldest,
-            });
+        if mailbox.trim_through(seen_by_all) && self.persist_live {
+            note_window(
+                mailbox,
+                user,
+                self.last_delivery_id + 1,
+                &mut self.window_changes,
+            );
         }
     }
 
@@ -1360,21 +1366,22 @@ impl State {
             seen = presence.version();
         }
         let any = !copied.is_empty();
+        // Copies are not stored (see `Change::PresenceSeen`): the head they
+        // reach is. Each needs the deliveries after it, like a delivery
+        // made now would.
+        let needs_from = *last_delivery_id + 1;
         for (version, event) in copied {
             seen = seen.max(version);
-            let persist = persist_live.then_some(Persist {
-                changes: &mut *changes,
-                windows: &mut *window_changes,
-                last_delivery_id: &mut *last_delivery_id,
-            });
-            append(online, user, event, ticket, persist);
+            online.mailbox.push_delivered(event, ticket, needs_from);
         }
         online.mailbox.presence_seen = seen;
         if *persist_live {
             changes.push(Change::PresenceSeen {
                 user: user.to_owned(),
                 version: seen,
+                head: online.mailbox.head(),
             });
+            note_window(&mut online.mailbox, user, needs_from, window_changes);
         }
         if any {
             to_wake.push(user.to_owned());
@@ -1488,15 +1495,23 @@ fn append(
     if let Some(Change::Delivered { recipients, .. }) = persist.changes.last_mut() {
         recipients.push((user.to_owned(), seq));
     }
-    let mailbox = &mut online.mailbox;
+    note_window(&mut online.mailbox, user, delivery, persist.windows);
+}
+
+/// Describes a move of the mailbox's window (its oldest events dropped,
+/// when full or acknowledged) for the store, once it has moved
+/// `TRIM_WRITE_STEP` since last written: the stored window may lag, which
+/// only keeps more. `next_delivery` is the oldest delivery an empty mailbox
+/// still needs.
+fn note_window(mailbox: &mut Mailbox, user: &str, next_delivery: u64, windows: &mut Vec<Change>) {
     let moved = match mailbox.persisted_window {
         None => true,
         Some((start, _)) => mailbox.start() >= start + TRIM_WRITE_STEP,
     };
     if moved {
-        let oldest = mailbox.oldest_delivery().unwrap_or(delivery);
+        let oldest = mailbox.oldest_delivery().unwrap_or(next_delivery);
         mailbox.persisted_window = Some((mailbox.start(), oldest));
-        persist.windows.push(Change::MailboxWindow {
+        windows.push(Change::MailboxWindow {
             user: user.to_owned(),
             start: mailbox.start(),
             oldest_delivery: oldest,

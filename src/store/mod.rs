@@ -87,9 +87,14 @@ pub enum Change {
         start: u64,
         oldest_delivery: u64,
     },
+    /// Presence changes up to board `version` were copied into the mailbox,
+    /// whose newest event is now `head`. The copies themselves are not
+    /// stored: presence is state, and after N joins they would be N² rows.
+    /// On restore, the seqs they held are filled in (see `StoredMailbox`).
     PresenceSeen {
         user: String,
         version: u64,
+        head: u64,
     },
     /// The user went offline: its mailbox is gone.
     MailboxClosed {
@@ -110,8 +115,12 @@ pub enum Change {
 pub struct StoredMailbox {
     pub user: String,
     pub start: u64,
+    /// The newest seq handed out as last recorded (presence copies are not
+    /// stored, so it may be past the last stored event).
+    pub head: u64,
     pub presence_seen: u64,
-    /// (seq, delivery id, body), in seq order, all > start.
+    /// (seq, delivery id, body), in seq order, all > start. Seqs missing
+    /// between them (and up to `head`) held presence copies.
     pub events: Vec<(u64, u64, EventBytes)>,
 }
 

@@ -112,6 +112,9 @@ const MIGRATIONS: &[&str] = &[
          SELECT 'last_delivery_id', coalesce(max(id), 0) FROM deliveries WHERE true
          ON CONFLICT (name) DO UPDATE SET value = excluded.value;
      DROP TABLE mailbox_events;",
+    // 4: presence copies are no longer stored as deliveries (N² rows after
+    // N joins); the mailbox records the head they reached instead.
+    "ALTER TABLE mailboxes ADD COLUMN head INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The schema version this build writes.
@@ -562,9 +565,13 @@ fn apply(
             "UPDATE mailboxes SET start = ?2, oldest_delivery = ?3 WHERE user = ?1",
             &[user, start, oldest_delivery],
         ),
-        Change::PresenceSeen { user, version } => execute(
-            "UPDATE mailboxes SET presence_seen = ?2 WHERE user = ?1",
-            &[user, version],
+        Change::PresenceSeen {
+            user,
+            version,
+            head,
+        } => execute(
+            "UPDATE mailboxes SET presence_seen = ?2, head = max(head, ?3) WHERE user = ?1",
+            &[user, version, head],
         ),
         Change::MailboxClosed { user } => execute("DELETE FROM mailboxes WHERE user = ?1", &[user]),
         Change::Presence {
@@ -695,19 +702,22 @@ impl Store for SqliteStore {
         // its recipients, and belongs to a mailbox if it came after that
         // mailbox opened and after its start.
         let mut open: HashMap<String, (u64, u64, u64)> = HashMap::new();
+        let mut heads: HashMap<String, u64> = HashMap::new();
         let mut mailboxes = reader
-            .prepare("SELECT user, start, presence_seen, opened_after FROM mailboxes")
+            .prepare("SELECT user, start, presence_seen, opened_after, head FROM mailboxes")
             .map_err(read)?;
         for row in mailboxes
             .query_map([], |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     (row.get(1)?, row.get(2)?, row.get(3)?),
+                    row.get::<_, u64>(4)?,
                 ))
             })
             .map_err(read)?
         {
-            let (user, window) = row.map_err(read)?;
+            let (user, window, head) = row.map_err(read)?;
+            heads.insert(user.clone(), head);
             open.insert(user, window);
         }
         let mut events: HashMap<String, VecDeque<(u64, u64, EventBytes)>> = HashMap::new();
@@ -748,17 +758,18 @@ impl Store for SqliteStore {
                 }
             }
         }
-        for (user, (mut start, presence_seen, _)) in open {
+        for (user, (start, presence_seen, _)) in open {
             let kept: Vec<_> = events.remove(&user).unwrap_or_default().into();
-            if let Some(&(first, _, _)) = kept.first() {
-                start = first - 1;
+            if kept.windows(2).any(|pair| pair[1].0 <= pair[0].0) {
+                return Err(StoreError(format!(
+                    "the saved mailbox of {user} repeats a seq"
+                )));
             }
-            if kept.windows(2).any(|pair| pair[1].0 != pair[0].0 + 1) {
-                return Err(StoreError(format!("the saved mailbox of {user} has a gap")));
-            }
+            let head = heads.get(&user).copied().unwrap_or(0);
             snapshot.mailboxes.push(StoredMailbox {
                 user,
                 start,
+                head,
                 presence_seen,
                 events: kept,
             });
