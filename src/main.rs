@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tracing_subscriber::EnvFilter;
 
 use parlor::{Config, Server};
@@ -47,7 +47,7 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let listener = match TcpListener::bind(listen).await {
+    let listener = match bind(listen) {
         Ok(listener) => listener,
         Err(error) => {
             eprintln!("parlor: cannot listen on {listen}: {error}");
@@ -101,4 +101,23 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = terminate => {}
     }
+}
+
+/// Room in the kernel's queue of connections not yet accepted. After a
+/// restart every poller reconnects at once; tokio's default (1024) would
+/// drop the excess SYNs, and clients would retry only after 1 s, then 3 s.
+/// The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As std and tokio do: a restarted parlor can bind while connections of
+    // the previous one linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
