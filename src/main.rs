@@ -10,12 +10,12 @@ use tracing_subscriber::EnvFilter;
 
 use parlor::{Config, Server};
 
-/// jemalloc rather than glibc malloc. An idle connection holds two 8 KiB
-/// buffers of hyper's of which it has written a few hundred bytes; glibc's
-/// in-band chunk headers touch every page of them, jemalloc's size classes
-/// leave untouched pages unmapped. Measured (docs/performance.md): RSS per
-/// parked poll 12.9 -> 5.6 KiB, and 27 % more deliveries per CPU-second.
-/// (mimalloc was faster still but kept 21 KiB per parked poll.)
+/// jemalloc rather than glibc malloc: 27 % more deliveries per CPU-second
+/// in a fan-out to 5 000 (docs/performance.md). Memory is a trade: a freshly
+/// parked poll costs 9.4 KiB against glibc's 13.4, but once every poll has
+/// timed out and re-polled, 17.7 KiB against 14.8 (hyper's read buffer then
+/// has both its pages written). mimalloc was faster still but kept 21 KiB
+/// per freshly parked poll.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
