@@ -22,47 +22,20 @@
 
 mod support;
 
-use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
 use hyper::StatusCode;
-use parlor::hub::Hub;
-use parlor::{Config, Server};
-use serde::Deserialize;
-use support::{Conn, TEXT};
-use tokio::net::TcpListener;
-use tokio::runtime::Runtime;
-use tokio::sync::oneshot;
+use support::{median, record, Bench, Conn, Cursor, Joined, MEANS, TEXT};
 
 /// Polls parked besides the measured receiver's, one stage each.
 const PARKED: [usize; 3] = [0, 1_000, 5_000];
 
-#[derive(Deserialize)]
-struct Joined {
-    token: String,
-    cursor: u64,
-}
-
-#[derive(Deserialize)]
-struct Cursor {
-    cursor: u64,
-}
-
 fn poll_uri(token: &str, cursor: u64) -> String {
     format!("/poll?token={token}&cursor={cursor}")
-}
-
-async fn join(conn: &mut Conn, name: &str) -> Joined {
-    let (status, body) = conn
-        .post("/join", format!("name={name}&password=pw-{name}"))
-        .await
-        .expect("/join answers");
-    assert_eq!(status, StatusCode::OK, "/join {name}");
-    serde_json::from_slice(&body).expect("/join answers JSON")
 }
 
 /// Keeps one poll parked for a user, re-polling after every answer (the
@@ -78,107 +51,6 @@ async fn park_forever(addr: SocketAddr, user: Joined) {
     }
 }
 
-// ---------------------------------------------------------------------------
-// The server under test and its users.
-
-struct Bench {
-    /// Runs the server's tasks; dropping it stops the server.
-    _server: Runtime,
-    client: Runtime,
-    addr: SocketAddr,
-    hub: Hub,
-    _stop: oneshot::Sender<()>,
-}
-
-impl Bench {
-    fn start() -> Bench {
-        let server = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("server runtime");
-        let client = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("client runtime");
-        let mut config = Config::for_tests();
-        // Parked polls stay parked for the whole bench; idle users stay online.
-        config.poll_timeout = Duration::from_secs(3600);
-        config.inactivity_timeout = Duration::from_secs(3600);
-        // Cheap password hashes: the bench joins thousands of users.
-        config.argon2_memory_kib = 8;
-        config.argon2_iterations = 1;
-        let parlor = Server::open(config).expect("open an ephemeral server");
-        let hub = parlor.hub();
-        let listener = server
-            .block_on(TcpListener::bind("127.0.0.1:0"))
-            .expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("bound address");
-        let (stop, stopped) = oneshot::channel::<()>();
-        server.spawn(async move {
-            let _ = parlor
-                .run(listener, async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        Bench {
-            _server: server,
-            client,
-            addr,
-            hub,
-            _stop: stop,
-        }
-    }
-
-    fn parked(&self) -> usize {
-        self.hub.stats().parked_polls
-    }
-
-    /// Joins `names` with a few concurrent joiners.
-    fn join_all(&self, names: Vec<String>) -> Vec<Joined> {
-        let addr = self.addr;
-        self.client.block_on(async move {
-            let chunks: Vec<Vec<String>> = names
-                .chunks(names.len().div_ceil(4).max(1))
-                .map(<[String]>::to_vec)
-                .collect();
-            let tasks: Vec<_> = chunks
-                .into_iter()
-                .map(|chunk| {
-                    tokio::spawn(async move {
-                        let mut conn = Conn::open(addr).await;
-                        let mut joined = Vec::with_capacity(chunk.len());
-                        for name in &chunk {
-                            joined.push(join(&mut conn, name).await);
-                        }
-                        joined
-                    })
-                })
-                .collect();
-            let mut all = Vec::new();
-            for task in tasks {
-                all.extend(task.await.expect("join task"));
-            }
-            all
-        })
-    }
-
-    /// Waits (driving the client runtime) until `count` polls are parked.
-    fn wait_parked(&self, count: usize) {
-        let started = Instant::now();
-        self.client.block_on(async {
-            while self.parked() != count {
-                assert!(
-                    started.elapsed() < Duration::from_secs(300),
-                    "polls never parked: {} of {count}",
-                    self.parked()
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        });
-    }
-}
-
 /// The measured pair: a sender and a receiver in a dialog.
 struct Pair {
     sender: Conn,
@@ -188,27 +60,6 @@ struct Pair {
     receiver_token: String,
     dialog: String,
     cursor: u64,
-}
-
-thread_local! {
-    /// Mean nanoseconds per iteration of every measured batch, by bench name.
-    static MEANS: RefCell<BTreeMap<String, Vec<f64>>> = const { RefCell::new(BTreeMap::new()) };
-}
-
-fn record(name: &str, total: Duration, iters: u64) {
-    MEANS.with(|means| {
-        means
-            .borrow_mut()
-            .entry(name.to_owned())
-            .or_default()
-            .push(total.as_nanos() as f64 / iters.max(1) as f64)
-    });
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn poll_latency(c: &mut Criterion) {
