@@ -262,14 +262,7 @@ async fn a_mailbox_keeps_only_what_some_tab_has_not_acknowledged() {
 
     // tab1 reads everything; tab2 has acknowledged none of it yet.
     let before_last_read = tab1.cursor;
-    let mut read = 0;
-    loop {
-        let events = tab1.events_now().await;
-        if events.is_empty() {
-            break;
-        }
-        read += events.len();
-    }
+    let read = tab1.events_until_empty().await.len();
     assert_eq!(read, 301, "300 joiners' presence and one message");
     let joiners_unread = 300;
     assert_eq!(server.hub.stats().mailbox_events, 301 + joiners_unread);
@@ -277,14 +270,7 @@ async fn a_mailbox_keeps_only_what_some_tab_has_not_acknowledged() {
     // A retry of an answered poll is still served, and so is the slow tab.
     let retry = tab1.poll_raw(before_last_read, Some(0)).await;
     assert_eq!(retry.status, 200, "{}", retry.text);
-    let mut slow = 0;
-    loop {
-        let events = tab2.events_now().await;
-        if events.is_empty() {
-            break;
-        }
-        slow += events.len();
-    }
+    let slow = tab2.events_until_empty().await.len();
     assert_eq!(slow, 301, "the slow tab misses nothing");
 
     // Both tabs have now polled from the head: nothing is kept for them,

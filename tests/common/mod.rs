@@ -184,6 +184,18 @@ impl TestClient<'_> {
         self.poll_for(0).await
     }
 
+    /// Polls without waiting until an answer is empty; every event read.
+    pub async fn events_until_empty(&mut self) -> Vec<Value> {
+        let mut all = Vec::new();
+        loop {
+            let events = self.events_now().await;
+            if events.is_empty() {
+                return all;
+            }
+            all.extend(events);
+        }
+    }
+
     /// Polls with a wait of up to `timeout_ms`; advances the cursor.
     pub async fn poll_for(&mut self, timeout_ms: u64) -> Vec<Value> {
         let answer = self.poll_raw(self.cursor, Some(timeout_ms)).await;
