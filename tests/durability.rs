@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{encode_form, request_to, try_request_to, Answer};
+use common::{encode_form, join_all, request_to, try_request_to, Answer};
 use hyper::Method;
 use serde_json::{json, Value};
 
@@ -762,7 +762,7 @@ async fn sends_and_polls_at_once() {
         }
         seen
     });
-    let (_, counts) = tokio::join!(join_all(senders), join_all(reading.collect()));
+    let (_, counts) = tokio::join!(join_all(senders), join_all(reading));
     assert!(counts.iter().all(|&seen| seen == 600), "{counts:?}");
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -773,26 +773,6 @@ fn futures_of<F: std::future::Future>(count: usize, make: impl Fn(usize) -> F) -
 }
 
 /// Drives futures concurrently on this task; their outputs in order.
-async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut pending: Vec<_> = futures.into_iter().map(Box::pin).enumerate().collect();
-    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        pending.retain_mut(|(index, future)| match future.as_mut().poll(cx) {
-            std::task::Poll::Ready(output) => {
-                outputs[*index] = Some(output);
-                false
-            }
-            std::task::Poll::Pending => true,
-        });
-        if pending.is_empty() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    outputs.into_iter().map(|o| o.expect("finished")).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_storm_stores_no_presence_copies_and_readers_resume_after_restart() {

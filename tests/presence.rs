@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{of_type, test_config, TestServer};
+use common::{join_all, of_type, test_config, TestServer};
 use serde_json::{json, Value};
 
 fn presence(events: &[Value]) -> Vec<(String, String)> {
@@ -266,35 +266,4 @@ async fn swept_clients_leave_nothing_behind() {
         assert_eq!(stats.mailbox_events, 0);
     }
     assert!(watcher_events > 0);
-}
-
-async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut results = Vec::new();
-    let handles: Vec<_> = futures.map(Box::pin).collect();
-    // These polls are independent; awaiting them in turn still lets the
-    // server hold them all at once since each was issued on its own connection
-    // only when first polled — so drive them together.
-    let mut slots: Vec<Option<F::Output>> = handles.iter().map(|_| None).collect();
-    let mut pending: Vec<(usize, _)> = handles.into_iter().enumerate().collect();
-    std::future::poll_fn(|cx| {
-        pending.retain_mut(|(index, future)| match future.as_mut().poll(cx) {
-            std::task::Poll::Ready(output) => {
-                slots[*index] = Some(output);
-                false
-            }
-            std::task::Poll::Pending => true,
-        });
-        if pending.is_empty() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    results.extend(
-        slots
-            .into_iter()
-            .map(|slot| slot.expect("every future finished")),
-    );
-    results
 }
