@@ -221,7 +221,7 @@ impl Hub {
         // Whatever restoring had to tidy (e.g. a dialog of a user who did
         // not come back) is written like any other change.
         let durable = store.durable();
-        state.flush(&*store, &durable);
+        state.flush(&*store, &durable, Committer::Store);
         Ok(Hub {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
@@ -237,7 +237,14 @@ impl Hub {
     /// Ends an operation: submits its changes and wakes (now, or once they
     /// are durable) the users it delivered to. Returns its ticket.
     fn finish(&self, state: &mut State) -> u64 {
-        state.flush(&*self.shared.store, &self.shared.durable)
+        state.flush(&*self.shared.store, &self.shared.durable, Committer::Store)
+    }
+
+    /// `finish` for an operation that answers only once durable: the
+    /// caller must `wait_durable` on the ticket right after releasing the
+    /// lock, which commits it.
+    fn finish_and_wait(&self, state: &mut State) -> u64 {
+        state.flush(&*self.shared.store, &self.shared.durable, Committer::Waiter)
     }
 
     /// Makes events up to `ticket` visible and wakes their readers.
@@ -267,6 +274,18 @@ impl Hub {
 
     /// Waits until `ticket` is durable (503 after `SEND_DURABILITY_TIMEOUT`).
     async fn wait_durable(&self, ticket: u64) -> ApiResult<()> {
+        if *self.shared.durable.borrow() < ticket {
+            // Let the other requests this thread has ready queue their
+            // changes first, so that one commit takes them all (group
+            // commit); the guard commits even if the request is cancelled
+            // meanwhile.
+            let commit = CommitThrough {
+                store: &*self.shared.store,
+                ticket,
+            };
+            tokio::task::yield_now().await;
+            drop(commit);
+        }
         let mut durable = self.shared.durable.clone();
         let waiting = tokio::time::timeout(
             SEND_DURABILITY_TIMEOUT,
@@ -337,7 +356,7 @@ impl Hub {
             }
             let key = state.open_client(name, now);
             let token = state.clients.get(key).map(|client| client.token.clone());
-            let ticket = self.finish(&mut state);
+            let ticket = self.finish_and_wait(&mut state);
             let mut session = state.session(key, self.shared.config);
             session.token = token;
             (session, ticket)
@@ -542,7 +561,7 @@ impl Hub {
             state.changes.push(Change::Message(message.clone()));
             state.remember_send(&message);
             state.deliver_to_conversation(conversation, &event, now);
-            let ticket = self.finish(&mut state);
+            let ticket = self.finish_and_wait(&mut state);
             (message, ticket)
         };
         self.wait_durable(ticket).await?;
@@ -823,6 +842,27 @@ impl Hub {
     }
 }
 
+/// Commits through `ticket` when dropped (see `Hub::wait_durable`).
+struct CommitThrough<'a> {
+    store: &'a dyn Store,
+    ticket: u64,
+}
+
+impl Drop for CommitThrough<'_> {
+    fn drop(&mut self) {
+        self.store.commit_through(self.ticket);
+    }
+}
+
+/// Who commits an operation's changes (see `Store::submit_for_waiter`).
+#[derive(Clone, Copy)]
+enum Committer {
+    /// The store's background writer: nobody waits for this operation.
+    Store,
+    /// The request itself, in `Hub::wait_durable`, outside the hub lock.
+    Waiter,
+}
+
 enum ReadOrPark {
     Ready(Vec<u8>),
     Parked(Parked),
@@ -1008,14 +1048,23 @@ impl State {
     /// Submits the current operation's changes under the next ticket and
     /// wakes the users it delivered to — at once if the store is already
     /// durable that far (the in-memory store), else once it is.
-    fn flush(&mut self, store: &dyn Store, durable: &watch::Receiver<u64>) -> u64 {
+    fn flush(
+        &mut self,
+        store: &dyn Store,
+        durable: &watch::Receiver<u64>,
+        committer: Committer,
+    ) -> u64 {
         self.changes.append(&mut self.window_changes);
         if self.changes.is_empty() && self.to_wake.is_empty() {
             return self.last_ticket;
         }
         self.last_ticket += 1;
         let ticket = self.last_ticket;
-        store.submit(ticket, std::mem::take(&mut self.changes));
+        let changes = std::mem::take(&mut self.changes);
+        match committer {
+            Committer::Store => store.submit(ticket, changes),
+            Committer::Waiter => store.submit_for_waiter(ticket, changes),
+        }
         let to_wake = std::mem::take(&mut self.to_wake);
         if !to_wake.is_empty() {
             self.awaiting.push_back((ticket, to_wake));

@@ -171,6 +171,19 @@ pub trait Store: Send + Sync + 'static {
     /// call; the hub calls this under its lock, so order is the hub's order.
     fn submit(&self, ticket: u64, changes: Vec<Change>);
 
+    /// Like `submit`, for an operation whose caller waits for it to be
+    /// durable and calls `commit_through` as soon as the hub lock is
+    /// released: the store may leave the write to that call rather than
+    /// hand it to a background writer.
+    fn submit_for_waiter(&self, ticket: u64, changes: Vec<Change>) {
+        self.submit(ticket, changes);
+    }
+
+    /// Writes what is queued through `ticket` on the calling thread if the
+    /// store can do so quickly (not blocked, no fsync); otherwise makes
+    /// sure its background writer will. Progress shows in `durable`.
+    fn commit_through(&self, _ticket: u64) {}
+
     /// The highest ticket made durable so far.
     fn durable(&self) -> watch::Receiver<u64>;
 

@@ -1,9 +1,10 @@
 //! `SqliteStore`: the durable default, one SQLite database in `--data-dir`.
 //!
-//! Writes: one writer thread owns the write connection. Submissions queue up
-//! while it commits, and it takes everything that queued as one transaction
-//! (group commit), so a burst of sends pays for one commit, not one each.
-//! After each commit it publishes the highest ticket written.
+//! Writes: one write connection (`writer`). Submissions queue up while a
+//! commit runs, and the next commit takes everything that queued as one
+//! transaction (group commit), so a burst of sends pays for one commit, not
+//! one each. A /send or /join commits inline; the writer thread commits the
+//! rest. After each commit the highest ticket written is published.
 //!
 //! Durability: WAL mode. `--sync normal` (the default) commits without
 //! fsync: a killed process loses nothing, a power cut may lose the last
@@ -18,13 +19,16 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use tokio::sync::{oneshot, watch};
+
+mod writer;
+
+use writer::{Job, Writer};
 
 use super::{Change, Snapshot, Store, StoreError, StoreResult, StoredMailbox, StoredRoom};
 use crate::config::MAILBOX_CAPACITY;
@@ -35,8 +39,6 @@ pub const DATABASE_FILE: &str = "parlor.db";
 /// Held locked (flock) while a parlor uses the directory, so two processes
 /// never share one database (their writers would block each other forever).
 pub const LOCK_FILE: &str = "parlor.lock";
-/// Once shutdown has begun, a failing commit is retried this long at most.
-const SHUTDOWN_RETRY_LIMIT: Duration = Duration::from_secs(5);
 
 /// Schema steps; `user_version` is how many have been applied.
 const MIGRATIONS: &[&str] = &[
@@ -120,15 +122,6 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
-/// Jobs taken per transaction at most, so one commit stays bounded.
-const MAX_JOBS_PER_COMMIT: usize = 4096;
-/// Deliveries no mailbox holds any more are deleted at most this often.
-const DELIVERY_GC_INTERVAL: Duration = Duration::from_secs(1);
-/// How often old history is pruned when a retention is set.
-const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
-/// Longest pause between retries of a failed commit.
-const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(2);
-
 /// How hard each commit is pushed to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SyncMode {
@@ -149,25 +142,10 @@ pub struct SqliteStore {
     path: PathBuf,
     /// The locked lock file; released when the store is dropped.
     _lock: std::fs::File,
-    /// Set when shutdown begins, so a failing writer gives up in time.
-    stopping: Arc<std::sync::atomic::AtomicBool>,
     reader: Mutex<Connection>,
-    /// None once the store is shutting down.
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
-    durable: Arc<watch::Sender<u64>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
-}
-
-enum Job {
-    Submit {
-        ticket: u64,
-        changes: Vec<Change>,
-    },
-    CreateAccount {
-        name: String,
-        password_hash: String,
-        reply: oneshot::Sender<StoreResult<bool>>,
-    },
+    writer: Arc<Writer>,
+    /// The writer thread, until shutdown joins it.
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 fn error(context: &str, error: impl std::fmt::Display) -> StoreError {
@@ -221,23 +199,21 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5))
             .map_err(|e| error("cannot configure the reader", e))?;
 
-        let durable = Arc::new(watch::Sender::new(0));
-        let (jobs, queue) = mpsc::channel();
-        let writer_durable = durable.clone();
-        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let writer_stopping = stopping.clone();
-        let writer = std::thread::Builder::new()
+        let writer = Arc::new(
+            Writer::new(writer, options.sync)
+                .map_err(|e| error("cannot configure the writer", e))?,
+        );
+        let thread_writer = writer.clone();
+        let writer_thread = std::thread::Builder::new()
             .name("parlor-store-writer".into())
-            .spawn(move || run_writer(writer, queue, writer_durable, writer_stopping, options))
+            .spawn(move || thread_writer.run(options))
             .map_err(|e| error("cannot start the store writer thread", e))?;
         Ok(SqliteStore {
             path,
             _lock: lock,
-            stopping,
             reader: Mutex::new(reader),
-            jobs: Mutex::new(Some(jobs)),
-            durable,
-            writer: Mutex::new(Some(writer)),
+            writer,
+            writer_thread: Mutex::new(Some(writer_thread)),
         })
     }
 
@@ -251,25 +227,16 @@ impl SqliteStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn queue(&self, job: Job) {
-        let jobs = self
-            .jobs
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(jobs) = jobs.as_ref() {
-            if jobs.send(job).is_err() {
-                tracing::error!("the store writer has stopped; a write was dropped");
-            }
-        }
-    }
-
     /// Writes everything queued, then stops the writer thread.
     pub fn stop_writer(&self) {
-        self.stopping
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(writer) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = writer.join();
+        self.writer.close();
+        let thread = self
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
         }
     }
 }
@@ -350,92 +317,6 @@ pub fn migrate(connection: &mut Connection, target: u32) -> StoreResult<()> {
         tracing::info!(version = version + 1, "database schema migrated");
     }
     Ok(())
-}
-
-fn run_writer(
-    mut connection: Connection,
-    queue: mpsc::Receiver<Job>,
-    durable: Arc<watch::Sender<u64>>,
-    stopping: Arc<std::sync::atomic::AtomicBool>,
-    options: SqliteOptions,
-) {
-    let mut next_pruning = Instant::now();
-    let mut next_gc = Instant::now();
-    let mut windows_moved = false;
-    loop {
-        if windows_moved && Instant::now() >= next_gc {
-            collect_deliveries(&connection);
-            windows_moved = false;
-            next_gc = Instant::now() + DELIVERY_GC_INTERVAL;
-        }
-        if let Some(retention) = options.history_retention {
-            if Instant::now() >= next_pruning {
-                prune_history(&connection, retention);
-                next_pruning = Instant::now() + RETENTION_INTERVAL;
-            }
-        }
-        let wait = if windows_moved {
-            DELIVERY_GC_INTERVAL
-        } else {
-            RETENTION_INTERVAL
-        };
-        let first = match queue.recv_timeout(wait) {
-            Ok(job) => job,
-            Err(mpsc::RecvTimeoutError::Timeout) => continue,
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                if windows_moved {
-                    collect_deliveries(&connection);
-                }
-                return;
-            }
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_JOBS_PER_COMMIT {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let mut backoff = Duration::from_millis(10);
-        let mut stopping_since: Option<Instant> = None;
-        let outcome = loop {
-            match write_batch(&mut connection, &batch) {
-                Ok(outcome) => break outcome,
-                Err(e) => {
-                    // Nothing is acknowledged until written: senders wait (and
-                    // time out with 503) while the disk is failing. At
-                    // shutdown, give up after a bound rather than hang.
-                    if stopping.load(std::sync::atomic::Ordering::SeqCst) {
-                        let since = *stopping_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() > SHUTDOWN_RETRY_LIMIT {
-                            tracing::error!(error = %e, jobs = batch.len(), "store commit still failing at shutdown; these changes are lost");
-                            return;
-                        }
-                    }
-                    tracing::error!(error = %e, "store commit failed; retrying in {backoff:?}");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
-                }
-            }
-        };
-        windows_moved |= batch.iter().any(|job| {
-            matches!(job, Job::Submit { changes, .. } if changes.iter().any(|change| {
-                matches!(change, Change::MailboxWindow { .. } | Change::MailboxClosed { .. })
-            }))
-        });
-        let mut highest_ticket = None;
-        for (job, created) in batch.into_iter().zip(outcome) {
-            match job {
-                Job::Submit { ticket, .. } => highest_ticket = Some(ticket),
-                Job::CreateAccount { reply, .. } => {
-                    let _ = reply.send(Ok(created));
-                }
-            }
-        }
-        if let Some(ticket) = highest_ticket {
-            durable.send_replace(ticket);
-        }
-    }
 }
 
 /// Highest ids seen in a batch, written once per commit.
@@ -837,11 +718,14 @@ impl Store for SqliteStore {
         password_hash: &str,
     ) -> oneshot::Receiver<StoreResult<bool>> {
         let (reply, answer) = oneshot::channel();
-        self.queue(Job::CreateAccount {
-            name: name.to_owned(),
-            password_hash: password_hash.to_owned(),
-            reply,
-        });
+        self.writer.push(
+            Job::CreateAccount {
+                name: name.to_owned(),
+                password_hash: password_hash.to_owned(),
+                reply,
+            },
+            false,
+        );
         answer
     }
 
@@ -886,11 +770,19 @@ impl Store for SqliteStore {
     }
 
     fn submit(&self, ticket: u64, changes: Vec<Change>) {
-        self.queue(Job::Submit { ticket, changes });
+        self.writer.push(Job::Submit { ticket, changes }, false);
+    }
+
+    fn submit_for_waiter(&self, ticket: u64, changes: Vec<Change>) {
+        self.writer.push(Job::Submit { ticket, changes }, true);
+    }
+
+    fn commit_through(&self, ticket: u64) {
+        self.writer.commit_through(ticket);
     }
 
     fn durable(&self) -> watch::Receiver<u64> {
-        self.durable.subscribe()
+        self.writer.durable()
     }
 
     fn keeps_live_state(&self) -> bool {
@@ -906,6 +798,7 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
     use crate::event::EventBytes;
+    use std::time::Instant;
 
     fn options() -> SqliteOptions {
         SqliteOptions {
@@ -1078,6 +971,44 @@ mod tests {
         assert_eq!(store.find_sent("ann", "c2").unwrap().unwrap().text, "two");
         let history = store.history("lobby", None, 10).unwrap();
         assert_eq!(history.iter().map(|m| m.id).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    #[test]
+    fn a_waiter_commits_its_own_send_before_commit_through_returns() {
+        let dir = tempdir("inline");
+        {
+            let store = SqliteStore::open(&dir, options()).unwrap();
+            store.submit_for_waiter(1, vec![message(1, "one")]);
+            store.submit_for_waiter(2, vec![message(2, "two")]);
+            store.commit_through(1);
+            // Written on this thread, in one transaction with what queued
+            // behind it: no hop to the writer thread and back.
+            assert_eq!(*store.durable().borrow(), 2);
+        }
+        let store = SqliteStore::open(&dir, options()).unwrap();
+        let texts: Vec<String> = store
+            .history("lobby", None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|message| message.text)
+            .collect();
+        assert_eq!(texts, ["one", "two"]);
+    }
+
+    #[test]
+    fn changes_whose_waiter_never_commits_are_still_written() {
+        for sync in [SyncMode::Normal, SyncMode::Full] {
+            let dir = tempdir("unclaimed");
+            let store = SqliteStore::open(&dir, SqliteOptions { sync, ..options() }).unwrap();
+            store.submit_for_waiter(1, vec![message(1, "one")]);
+            wait_durable(&store, 1);
+            // With fsync per commit the waiter hands its commit to the
+            // writer thread rather than stall its own.
+            store.submit_for_waiter(2, vec![message(2, "two")]);
+            store.commit_through(2);
+            wait_durable(&store, 2);
+            assert_eq!(store.history("lobby", None, 10).unwrap().len(), 2);
+        }
     }
 
     #[test]
