@@ -21,6 +21,7 @@
 
 pub mod clients;
 pub mod mailbox;
+pub mod online;
 pub mod presence;
 pub mod sweeper;
 
@@ -45,6 +46,7 @@ use crate::event::{
 use crate::store::{Change, Snapshot, Store, StoreError, StoredRoom};
 use clients::{Clients, Parked, Wake};
 use mailbox::{Mailbox, Read};
+use online::OnlineNames;
 use presence::PresenceBoard;
 
 /// The global room every online user is in; also its conversation id.
@@ -160,6 +162,8 @@ struct Shared {
 struct State {
     /// Users with at least one client process.
     users: HashMap<String, OnlineUser>,
+    /// Their names, sorted (kept in step with `users`).
+    online: OnlineNames,
     clients: Clients,
     /// Every room but the lobby, by name (= id).
     rooms: HashMap<String, Conversation>,
@@ -912,6 +916,7 @@ impl State {
         }
         let mut state = State {
             users: HashMap::new(),
+            online: OnlineNames::default(),
             clients: Clients::new(sweeper.clone(), config.inactivity_timeout),
             rooms,
             rooms_of,
@@ -976,6 +981,7 @@ impl State {
                         Mailbox::new(presence_seen)
                     }
                 };
+                state.online.insert(&user);
                 state.users.insert(
                     user.clone(),
                     OnlineUser {
@@ -1167,6 +1173,7 @@ impl State {
         let came_online = !self.users.contains_key(name);
         if came_online {
             let presence_seen = self.presence.version();
+            self.online.insert(name);
             self.users.insert(
                 name.to_owned(),
                 OnlineUser {
@@ -1230,6 +1237,7 @@ impl State {
         let Some(gone) = self.users.remove(&client.user) else {
             return;
         };
+        self.online.remove(&client.user);
         tracing::debug!(user = %client.user, "user went offline");
         if self.persist_live {
             self.changes.push(Change::MailboxClosed {
@@ -1454,23 +1462,18 @@ impl State {
     }
 
     fn online_users(&self) -> Vec<UserStatus> {
-        let mut users: Vec<UserStatus> = self
-            .users
-            .keys()
+        self.online
+            .iter()
             .map(|name| UserStatus {
-                name: name.clone(),
+                name: name.to_owned(),
                 status: self.presence.status(name),
             })
-            .collect();
-        users.sort_by(|a, b| a.name.cmp(&b.name));
-        users
+            .collect()
     }
 
     /// The lobby's members are the online users.
     fn lobby(&self) -> Conversation {
-        let mut members: Vec<String> = self.users.keys().cloned().collect();
-        members.sort();
-        Conversation::room(LOBBY, members)
+        Conversation::room(LOBBY, self.online.iter().map(str::to_owned).collect())
     }
 
     fn session(&self, key: usize, config: HubConfig) -> Session {
