@@ -540,13 +540,36 @@ impl Hub {
                 ));
             }
         }
+        // A retry answers the first send's result. Sends older than the
+        // recent ones kept in memory are looked up in the store, without
+        // the hub lock: a disk read must not hold every other request up.
+        if let Some(id) = client_msg_id {
+            let (user, recent) = {
+                let state = self.state();
+                let user = state.caller(token)?;
+                // Its ticket may not be durable yet: wait for the newest.
+                let recent = state
+                    .recent_send(&user, id)
+                    .map(|first| (first, state.last_ticket));
+                (user, recent)
+            };
+            if let Some((first, ticket)) = recent {
+                self.wait_durable(ticket).await?;
+                return Ok(first);
+            }
+            // The store reads only what is durable.
+            if let Some(first) = self.shared.store.find_sent(&user, id)? {
+                return Ok(first);
+            }
+        }
         let now = Instant::now();
         let (message, ticket) = 'locked: {
             let mut state = self.state();
             let user = state.caller(token)?;
             state.require_member(conversation, &user)?;
             if let Some(id) = client_msg_id {
-                if let Some(first) = state.sent_before(&*self.shared.store, &user, id)? {
+                // Checked again: the same id may have been sent meanwhile.
+                if let Some(first) = state.recent_send(&user, id) {
                     // A retry: answer the first result, once it is durable
                     // (it may still be on its way to disk).
                     break 'locked (first, state.last_ticket);
@@ -1140,18 +1163,10 @@ impl State {
         true
     }
 
-    /// A message `user` already sent with `client_msg_id`, if any.
-    fn sent_before(
-        &self,
-        store: &dyn Store,
-        user: &str,
-        client_msg_id: &str,
-    ) -> ApiResult<Option<Message>> {
+    /// A message `user` sent recently with `client_msg_id`, if any.
+    fn recent_send(&self, user: &str, client_msg_id: &str) -> Option<Message> {
         let key = (user.to_owned(), client_msg_id.to_owned());
-        if let Some(message) = self.recent_sends.get(&key) {
-            return Ok(Some(message.clone()));
-        }
-        Ok(store.find_sent(user, client_msg_id)?)
+        self.recent_sends.get(&key).cloned()
     }
 
     fn remember_send(&mut self, message: &Message) {
