@@ -199,10 +199,20 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5))
             .map_err(|e| error("cannot configure the reader", e))?;
 
-        let writer = Arc::new(
-            Writer::new(writer, options.sync)
-                .map_err(|e| error("cannot configure the writer", e))?,
-        );
+        let checkpointer = Connection::open(&path)
+            .and_then(|connection| {
+                connection.busy_timeout(Duration::from_secs(5))?;
+                Ok(connection)
+            })
+            .map_err(|e| {
+                error(
+                    &format!("cannot open {} for checkpoints", path.display()),
+                    e,
+                )
+            })?;
+        let writer = Writer::new(writer, checkpointer, options.sync)
+            .map_err(|e| error("cannot configure the writer", e))?;
+        let writer = Arc::new(writer);
         let thread_writer = writer.clone();
         let writer_thread = std::thread::Builder::new()
             .name("parlor-store-writer".into())

@@ -23,7 +23,10 @@
 //! whichever commit crossed 1 000 WAL pages, i.e. on a runtime thread. It is
 //! off; the writer thread checkpoints after `CHECKPOINT_EVERY_COMMITS`
 //! commits, and whenever it wakes up with nothing to do (at least every
-//! `IDLE_WAKE_UP`) after some commit.
+//! `IDLE_WAKE_UP`) after some commit. It does so on a connection of its own:
+//! a passive checkpoint runs alongside commits, so holding the write
+//! connection through one (milliseconds) would only delay the sends queued
+//! behind it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -80,6 +83,8 @@ struct Queue {
 
 pub(super) struct Writer {
     connection: Mutex<Connection>,
+    /// Used by the writer thread only, for checkpoints.
+    checkpointer: Mutex<Connection>,
     queue: Mutex<Queue>,
     work: Condvar,
     durable: watch::Sender<u64>,
@@ -93,10 +98,15 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn new(connection: Connection, sync: SyncMode) -> rusqlite::Result<Writer> {
+    pub(super) fn new(
+        connection: Connection,
+        checkpointer: Connection,
+        sync: SyncMode,
+    ) -> rusqlite::Result<Writer> {
         connection.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
         Ok(Writer {
             connection: Mutex::new(connection),
+            checkpointer: Mutex::new(checkpointer),
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
                 open: true,
@@ -262,11 +272,10 @@ impl Writer {
                         next_pruning = Instant::now() + RETENTION_INTERVAL;
                     }
                 }
-                if self.commits_since_checkpoint.load(Ordering::Relaxed) >= CHECKPOINT_EVERY_COMMITS
-                {
-                    checkpoint(&connection);
-                    self.commits_since_checkpoint.store(0, Ordering::Relaxed);
-                }
+            }
+            if self.commits_since_checkpoint.load(Ordering::Relaxed) >= CHECKPOINT_EVERY_COMMITS {
+                self.commits_since_checkpoint.store(0, Ordering::Relaxed);
+                self.checkpoint();
             }
             let mut queue = self.queue();
             if !queue.wake_writer && queue.open {
@@ -284,7 +293,7 @@ impl Writer {
                     drop(queue);
                     // Idle: a good moment to checkpoint what was written.
                     if self.commits_since_checkpoint.swap(0, Ordering::Relaxed) > 0 {
-                        checkpoint(&self.connection());
+                        self.checkpoint();
                     }
                     continue;
                 }
@@ -321,8 +330,14 @@ impl Writer {
     }
 }
 
-fn checkpoint(connection: &Connection) {
-    if let Err(e) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-        tracing::warn!(error = %e, "WAL checkpoint failed; retried later");
+impl Writer {
+    fn checkpoint(&self) {
+        let checkpointer = self
+            .checkpointer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Err(e) = checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed; retried later");
+        }
     }
 }
