@@ -15,10 +15,13 @@
 //! - [`api`]: one function per endpoint, grouped by family.
 //! - [`hub`]: the live state and the only code that changes it: users,
 //!   client processes (`hub::clients`), per-user mailboxes where polls read
-//!   and park (`hub::mailbox`), presence as versioned state
-//!   (`hub::presence`), and the inactivity sweeper (`hub::sweeper`).
+//!   and park (`hub::mailbox`), the sorted online names (`hub::online`),
+//!   presence as versioned state (`hub::presence`), and the inactivity
+//!   sweeper (`hub::sweeper`).
 //! - [`event`]: event types and their serialization, once per event.
-//! - [`store`]: what outlives the process — accounts, rooms, history.
+//! - [`store`]: what outlives the process — accounts, rooms, history; the
+//!   SQLite default commits through `store::sqlite`'s writer (group commit,
+//!   run by the waiting request itself where it can).
 //! - [`auth`]: tokens and password hashing.
 //! - [`error`]: `ApiError`, the status + code + message of a failed request.
 

@@ -13,7 +13,9 @@
 //! Mailbox events carry that ticket and stay invisible to polls until the
 //! store reports it durable (`Hub::advance_durable`, driven by
 //! `run_visibility`), which is also when their readers are woken. A /send
-//! answers only once its ticket is durable.
+//! answers only once its ticket is durable; it submits with
+//! `finish_and_wait` and commits in `wait_durable`, outside the lock (see
+//! `store::sqlite::writer`).
 //!
 //! Seams for cluster mode: mailbox append + wake (`deliver`), presence and
 //! the client table are what a Redis engine would take over; each is behind
