@@ -493,20 +493,27 @@ fn bump_counter(transaction: &Transaction<'_>, name: &str, value: u64) -> rusqli
     Ok(())
 }
 
-/// Deletes deliveries older than the oldest one any mailbox still holds (all
-/// of them when no mailbox holds any).
-fn collect_deliveries(connection: &Connection) {
-    let collected = connection.execute(
-        "DELETE FROM deliveries WHERE id < coalesce(
+/// Where deliveries stop being needed: the oldest one any mailbox still
+/// holds (everything when no mailbox holds any). It only moves forward:
+/// trims move mailboxes' oldest forward, and new deliveries are above it.
+fn delivery_cutoff(connection: &Connection) -> rusqlite::Result<Option<u64>> {
+    connection.query_row(
+        "SELECT coalesce(
              (SELECT min(oldest_delivery) FROM mailboxes WHERE oldest_delivery IS NOT NULL),
              (SELECT max(id) + 1 FROM deliveries))",
         [],
-    );
-    match collected {
-        Ok(0) => {}
-        Ok(deleted) => tracing::debug!(deleted, "deleted deliveries no mailbox holds"),
-        Err(e) => tracing::error!(error = %e, "deleting old deliveries failed"),
-    }
+        |row| row.get(0),
+    )
+}
+
+/// Deletes up to `chunk` of the oldest deliveries below `cutoff`; returns
+/// how many it deleted.
+fn collect_deliveries(connection: &Connection, cutoff: u64, chunk: u64) -> rusqlite::Result<usize> {
+    connection.execute(
+        "DELETE FROM deliveries
+         WHERE id < min(?1, (SELECT min(id) FROM deliveries) + ?2)",
+        params![cutoff, chunk],
+    )
 }
 
 fn prune_history(connection: &Connection, retention: Duration) {
@@ -981,6 +988,40 @@ mod tests {
         assert_eq!(store.find_sent("ann", "c2").unwrap().unwrap().text, "two");
         let history = store.history("lobby", None, 10).unwrap();
         assert_eq!(history.iter().map(|m| m.id).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    #[test]
+    fn deliveries_nobody_holds_are_deleted_chunk_by_chunk() {
+        let dir = tempdir("gc-chunks");
+        let deliveries = 2 * writer::DELIVERIES_PER_DELETE + 100;
+        {
+            let store = SqliteStore::open(&dir, options()).unwrap();
+            let mut changes = vec![Change::MailboxOpened {
+                user: "ann".into(),
+                start: 0,
+                presence_seen: 0,
+                after_delivery: 0,
+            }];
+            changes.extend((1..=deliveries).map(|id| Change::Delivered {
+                id,
+                body: event("x"),
+                recipients: vec![("ann".into(), id)],
+            }));
+            // Ann has read all but the last.
+            changes.push(window("ann", deliveries - 1, deliveries));
+            store.submit(1, changes);
+            wait_durable(&store, 1);
+        }
+        let store = SqliteStore::open(&dir, options()).unwrap();
+        let kept: Vec<u64> = store
+            .reader()
+            .prepare("SELECT id FROM deliveries ORDER BY id")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(kept, [deliveries]);
     }
 
     #[test]

@@ -36,13 +36,19 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use tokio::sync::{oneshot, watch};
 
-use super::{collect_deliveries, prune_history, write_batch, SqliteOptions, SyncMode};
+use super::{
+    collect_deliveries, delivery_cutoff, prune_history, write_batch, SqliteOptions, SyncMode,
+};
 use crate::store::{Change, StoreResult};
 
 /// Jobs taken per transaction at most, so one commit stays bounded.
 const MAX_JOBS_PER_COMMIT: usize = 4096;
 /// Deliveries no mailbox holds any more are deleted at most this often.
 const DELIVERY_GC_INTERVAL: Duration = Duration::from_secs(1);
+/// Deliveries deleted per statement, so that the write connection is never
+/// held long: a fan-out to 5 000 moves 5 000 windows, and deleting what they
+/// released in one go kept sends waiting.
+pub(super) const DELIVERIES_PER_DELETE: u64 = 1024;
 /// How often old history is pruned when a retention is set.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
 /// Longest pause between retries of a failed commit.
@@ -260,17 +266,14 @@ impl Writer {
         let mut next_pruning = Instant::now();
         let mut next_gc = Instant::now();
         loop {
-            {
-                let connection = self.connection();
-                if Instant::now() >= next_gc && self.windows_moved.swap(false, Ordering::Relaxed) {
-                    collect_deliveries(&connection);
-                    next_gc = Instant::now() + DELIVERY_GC_INTERVAL;
-                }
-                if let Some(retention) = options.history_retention {
-                    if Instant::now() >= next_pruning {
-                        prune_history(&connection, retention);
-                        next_pruning = Instant::now() + RETENTION_INTERVAL;
-                    }
+            if Instant::now() >= next_gc && self.windows_moved.swap(false, Ordering::Relaxed) {
+                self.collect_deliveries();
+                next_gc = Instant::now() + DELIVERY_GC_INTERVAL;
+            }
+            if let Some(retention) = options.history_retention {
+                if Instant::now() >= next_pruning {
+                    prune_history(&self.connection(), retention);
+                    next_pruning = Instant::now() + RETENTION_INTERVAL;
                 }
             }
             if self.commits_since_checkpoint.load(Ordering::Relaxed) >= CHECKPOINT_EVERY_COMMITS {
@@ -304,9 +307,8 @@ impl Writer {
             drop(queue);
             if idle {
                 if closed {
-                    let connection = self.connection();
                     if self.windows_moved.swap(false, Ordering::Relaxed) {
-                        collect_deliveries(&connection);
+                        self.collect_deliveries();
                     }
                     return;
                 }
@@ -331,6 +333,33 @@ impl Writer {
 }
 
 impl Writer {
+    /// Deletes the deliveries no mailbox holds any more, a chunk per
+    /// statement, taking the write connection for each chunk only.
+    fn collect_deliveries(&self) {
+        let cutoff = match delivery_cutoff(&self.connection()) {
+            Ok(Some(cutoff)) => cutoff,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "finding old deliveries failed");
+                return;
+            }
+        };
+        let mut deleted = 0;
+        loop {
+            match collect_deliveries(&self.connection(), cutoff, DELIVERIES_PER_DELETE) {
+                Ok(0) => break,
+                Ok(chunk) => deleted += chunk,
+                Err(e) => {
+                    tracing::error!(error = %e, "deleting old deliveries failed");
+                    break;
+                }
+            }
+        }
+        if deleted > 0 {
+            tracing::debug!(deleted, "deleted deliveries no mailbox holds");
+        }
+    }
+
     fn checkpoint(&self) {
         let checkpointer = self
             .checkpointer
