@@ -32,17 +32,17 @@ pub struct App {
 /// The service function: never fails at the HTTP level, since every error
 /// is an answer the client should read.
 pub async fn handle(app: App, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    // Kept for the error log and Allow header: cloning a `Uri` shares its
-    // bytes, where copying the path out would allocate on every request.
     let method = request.method().clone();
-    let uri = request.uri().clone();
-    let path = uri.path();
+    // Not the `Uri`: it shares the bytes hyper read the request into, and
+    // a parked poll holding it would pin that 8 KiB read buffer until it is
+    // answered, making hyper allocate another to watch the connection.
+    let path = LoggedPath::of(request.uri().path());
     let response = match route(&app, request).await {
         Ok(response) => response,
         Err(error) => {
-            tracing::debug!(%method, %path, %error, "request failed");
+            tracing::debug!(%method, path = path.as_str(), %error, "request failed");
             let allowed = (error.status == StatusCode::METHOD_NOT_ALLOWED)
-                .then(|| allowed_methods(path))
+                .then(|| allowed_methods(path.as_str()))
                 .flatten();
             let mut response = error.into_response();
             if let Some(allowed) = allowed {
@@ -56,18 +56,51 @@ pub async fn handle(app: App, request: Request<Incoming>) -> Result<Response<Bod
     Ok(response)
 }
 
+/// A request's path as kept for the error log: an API path as the static
+/// string it matched (no allocation on the hot paths), anything else
+/// copied.
+enum LoggedPath {
+    Api(&'static str),
+    Other(String),
+}
+
+impl LoggedPath {
+    fn of(path: &str) -> LoggedPath {
+        match api_endpoint(path) {
+            Some((api, _)) => LoggedPath::Api(api),
+            None => LoggedPath::Other(path.to_owned()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            LoggedPath::Api(path) => path,
+            LoggedPath::Other(path) => path,
+        }
+    }
+}
+
 async fn route(app: &App, request: Request<Incoming>) -> ApiResult<Response<Body>> {
     let method = request.method().clone();
-    let uri = request.uri().clone();
-    let path = uri.path();
-    if let Some(allowed) = allowed_methods(path) {
-        if !allowed.split(", ").any(|m| m == method.as_str()) {
-            return Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{path} accepts {allowed}"),
-            ));
+    // A static string, so that nothing borrowed from the request's bytes
+    // outlives `Params::read` (see `handle`).
+    let Some((path, allowed)) = api_endpoint(request.uri().path()) else {
+        if method == Method::GET || method == Method::HEAD {
+            let path = request.uri().path();
+            return static_files::serve(&app.public_dir, &method, path, request.headers()).await;
         }
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no endpoint {method} {}", request.uri().path()),
+        ));
+    };
+    if !allowed.split(", ").any(|m| m == method.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{path} accepts {allowed}"),
+        ));
     }
     let hub = &app.hub;
     match path {
@@ -84,9 +117,6 @@ async fn route(app: &App, request: Request<Incoming>) -> ApiResult<Response<Body
         "/rooms/join" => api::conversations::join_room(hub, Params::read(request).await?),
         "/rooms/leave" => api::conversations::leave_room(hub, Params::read(request).await?),
         "/api/publish" => api::publish::publish(app, Params::read(request).await?),
-        _ if method == Method::GET || method == Method::HEAD => {
-            static_files::serve(&app.public_dir, &method, path, request.headers()).await
-        }
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -95,13 +125,29 @@ async fn route(app: &App, request: Request<Incoming>) -> ApiResult<Response<Body
     }
 }
 
-/// The methods each API path accepts (None: not an API path).
+/// Every API path, with the methods it accepts.
+const API: &[(&str, &str)] = &[
+    ("/healthz", "GET, HEAD"),
+    ("/sync", "GET, HEAD"),
+    ("/users", "GET, HEAD"),
+    ("/history", "GET, HEAD"),
+    ("/poll", "GET, POST"),
+    ("/join", "POST"),
+    ("/leave", "POST"),
+    ("/status", "POST"),
+    ("/send", "POST"),
+    ("/dialog", "POST"),
+    ("/rooms/join", "POST"),
+    ("/rooms/leave", "POST"),
+    ("/api/publish", "POST"),
+];
+
+/// The API path `path` names, as a static string, with its methods.
+fn api_endpoint(path: &str) -> Option<(&'static str, &'static str)> {
+    API.iter().copied().find(|(api, _)| *api == path)
+}
+
+/// The methods an API path accepts (None: not an API path).
 fn allowed_methods(path: &str) -> Option<&'static str> {
-    Some(match path {
-        "/healthz" | "/sync" | "/users" | "/history" => "GET, HEAD",
-        "/poll" => "GET, POST",
-        "/join" | "/leave" | "/status" | "/send" | "/dialog" | "/rooms/join" | "/rooms/leave"
-        | "/api/publish" => "POST",
-        _ => return None,
-    })
+    api_endpoint(path).map(|(_, methods)| methods)
 }
