@@ -847,6 +847,17 @@ mod tests {
         EventBytes::from_stored(format!(r#"{{"type":"{kind}"}}"#).into_bytes())
     }
 
+    fn stored_delivery_ids(store: &SqliteStore) -> Vec<u64> {
+        store
+            .reader()
+            .prepare("SELECT id FROM deliveries ORDER BY id")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
     fn wait_durable(store: &SqliteStore, ticket: u64) {
         let mut durable = store.durable();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -964,14 +975,7 @@ mod tests {
         wait_durable(&store, 3);
         drop(store);
         let store = SqliteStore::open(&dir, options()).unwrap();
-        let kept: Vec<u64> = store
-            .reader()
-            .prepare("SELECT id FROM deliveries ORDER BY id")
-            .unwrap()
-            .query_map([], |row| row.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let kept = stored_delivery_ids(&store);
         assert_eq!(kept, [2, 3]);
         let snapshot = store.load().unwrap();
         let ann = snapshot.mailboxes.iter().find(|m| m.user == "ann").unwrap();
@@ -1013,14 +1017,7 @@ mod tests {
             wait_durable(&store, 1);
         }
         let store = SqliteStore::open(&dir, options()).unwrap();
-        let kept: Vec<u64> = store
-            .reader()
-            .prepare("SELECT id FROM deliveries ORDER BY id")
-            .unwrap()
-            .query_map([], |row| row.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let kept = stored_delivery_ids(&store);
         assert_eq!(kept, [deliveries]);
     }
 
