@@ -23,10 +23,12 @@
 //! whichever commit crossed 1 000 WAL pages, i.e. on a runtime thread. It is
 //! off; the writer thread checkpoints after `CHECKPOINT_EVERY_COMMITS`
 //! commits, and whenever it wakes up with nothing to do (at least every
-//! `IDLE_WAKE_UP`) after some commit. It does so on a connection of its own:
-//! a passive checkpoint runs alongside commits, so holding the write
-//! connection through one (milliseconds) would only delay the sends queued
-//! behind it.
+//! `IDLE_WAKE_UP`) after some commit. It copies the bulk on a connection of
+//! its own, alongside commits (holding the write connection through all of
+//! it, tens of ms, delayed every send queued behind it), then finishes on
+//! the write connection, holding it only for the frames appended meanwhile,
+//! so that the checkpoint completes and the WAL starts over rather than
+//! grow.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -58,6 +60,12 @@ const SHUTDOWN_RETRY_LIMIT: Duration = Duration::from_secs(5);
 /// Checkpoint after this many commits (a commit is a few WAL pages; SQLite's
 /// own default is every 1 000 pages).
 const CHECKPOINT_EVERY_COMMITS: u32 = 256;
+/// Passes of the concurrent checkpoint at most, each copying what commits
+/// appended during the one before...
+const CHECKPOINT_PASSES: usize = 3;
+/// ... until at most this many frames are left for the final pass, which
+/// holds the write connection.
+const FRAMES_LEFT_FOR_THE_WRITER: i64 = 256;
 /// A job queued for an inline committer is taken by the writer thread if it
 /// is still there after this long (a waiter that never came is a bug, but
 /// must not strand the job)...
@@ -361,12 +369,39 @@ impl Writer {
     }
 
     fn checkpoint(&self) {
-        let checkpointer = self
-            .checkpointer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Err(e) = checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        // The bulk of the copying, alongside commits: again while commits
+        // appended much during the previous pass.
+        {
+            let checkpointer = self
+                .checkpointer
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for _ in 0..CHECKPOINT_PASSES {
+                if passive_checkpoint(&checkpointer) <= FRAMES_LEFT_FOR_THE_WRITER {
+                    break;
+                }
+            }
+        }
+        // Then what was appended meanwhile, with the write connection held
+        // so that nothing is appended during it: the checkpoint completes,
+        // and the next commit starts the WAL over from its beginning.
+        // Without this, under a steady stream of commits no checkpoint ever
+        // caught up, and the WAL grew by gigabytes a minute.
+        passive_checkpoint(&self.connection());
+    }
+}
+
+/// Runs a passive checkpoint; returns how many WAL frames it left
+/// uncopied (0 when it failed: retried at the next checkpoint).
+fn passive_checkpoint(connection: &Connection) -> i64 {
+    let frames = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+    });
+    match frames {
+        Ok((in_wal, copied)) => (in_wal - copied).max(0),
+        Err(e) => {
             tracing::warn!(error = %e, "WAL checkpoint failed; retried later");
+            0
         }
     }
 }
