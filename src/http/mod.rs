@@ -6,6 +6,7 @@ pub mod request;
 pub mod response;
 pub mod static_files;
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,17 +34,23 @@ pub struct App {
 /// is an answer the client should read.
 pub async fn handle(app: App, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let method = request.method().clone();
-    // Not the `Uri`: it shares the bytes hyper read the request into, and
-    // a parked poll holding it would pin that 8 KiB read buffer until it is
-    // answered, making hyper allocate another to watch the connection.
-    let path = LoggedPath::of(request.uri().path());
-    let response = match route(&app, request).await {
+    let endpoint = api_endpoint(request.uri().path());
+    // For the error log. Not the `Uri`: it shares the bytes hyper read the
+    // request into, and a parked poll holding it would pin that 8 KiB read
+    // buffer until it is answered, making hyper allocate another to watch
+    // the connection. An API path is its static name (no allocation on the
+    // hot paths); anything else is copied.
+    let path: Cow<'static, str> = match endpoint {
+        Some((api, _)) => Cow::Borrowed(api),
+        None => Cow::Owned(request.uri().path().to_owned()),
+    };
+    let response = match route(&app, endpoint, request).await {
         Ok(response) => response,
         Err(error) => {
-            tracing::debug!(%method, path = path.as_str(), %error, "request failed");
-            let allowed = (error.status == StatusCode::METHOD_NOT_ALLOWED)
-                .then(|| allowed_methods(path.as_str()))
-                .flatten();
+            tracing::debug!(%method, %path, %error, "request failed");
+            let allowed = endpoint
+                .filter(|_| error.status == StatusCode::METHOD_NOT_ALLOWED)
+                .map(|(_, methods)| methods);
             let mut response = error.into_response();
             if let Some(allowed) = allowed {
                 response
@@ -56,35 +63,16 @@ pub async fn handle(app: App, request: Request<Incoming>) -> Result<Response<Bod
     Ok(response)
 }
 
-/// A request's path as kept for the error log: an API path as the static
-/// string it matched (no allocation on the hot paths), anything else
-/// copied.
-enum LoggedPath {
-    Api(&'static str),
-    Other(String),
-}
-
-impl LoggedPath {
-    fn of(path: &str) -> LoggedPath {
-        match api_endpoint(path) {
-            Some((api, _)) => LoggedPath::Api(api),
-            None => LoggedPath::Other(path.to_owned()),
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        match self {
-            LoggedPath::Api(path) => path,
-            LoggedPath::Other(path) => path,
-        }
-    }
-}
-
-async fn route(app: &App, request: Request<Incoming>) -> ApiResult<Response<Body>> {
+/// `endpoint`: the API path the request names, with its methods, as
+/// `api_endpoint` found it; static strings, so that nothing borrowed from
+/// the request's bytes outlives `Params::read` (see `handle`).
+async fn route(
+    app: &App,
+    endpoint: Option<(&'static str, &'static str)>,
+    request: Request<Incoming>,
+) -> ApiResult<Response<Body>> {
     let method = request.method().clone();
-    // A static string, so that nothing borrowed from the request's bytes
-    // outlives `Params::read` (see `handle`).
-    let Some((path, allowed)) = api_endpoint(request.uri().path()) else {
+    let Some((path, allowed)) = endpoint else {
         if method == Method::GET || method == Method::HEAD {
             let path = request.uri().path();
             return static_files::serve(&app.public_dir, &method, path, request.headers()).await;
@@ -145,9 +133,4 @@ const API: &[(&str, &str)] = &[
 /// The API path `path` names, as a static string, with its methods.
 fn api_endpoint(path: &str) -> Option<(&'static str, &'static str)> {
     API.iter().copied().find(|(api, _)| *api == path)
-}
-
-/// The methods an API path accepts (None: not an API path).
-fn allowed_methods(path: &str) -> Option<&'static str> {
-    api_endpoint(path).map(|(_, methods)| methods)
 }
