@@ -145,6 +145,16 @@ impl Writer {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Runs `read` on the write connection if nobody holds it right now.
+    /// Between transactions it sees exactly what is committed, i.e. durable.
+    pub(super) fn try_read<T>(&self, read: impl FnOnce(&Connection) -> T) -> Option<T> {
+        match self.connection.try_lock() {
+            Ok(connection) => Some(read(&connection)),
+            Err(TryLockError::Poisoned(poisoned)) => Some(read(&poisoned.into_inner())),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
     fn connection(&self) -> MutexGuard<'_, Connection> {
         self.connection
             .lock()
