@@ -214,6 +214,15 @@ async fn leave_ends_one_tab_and_the_last_tab_takes_the_user_offline() {
         presence(&bob.events_now().await),
         [("ann".to_owned(), "offline".to_owned())]
     );
+    // Snapshots of who is online taken while ann was there are not reused.
+    let users = bob.get("/users", &[]).await;
+    assert_eq!(
+        users.json["users"],
+        json!([{"name": "bob", "status": "online"}])
+    );
+    let sync = bob.get("/sync", &[]).await;
+    assert_eq!(sync.json["users"], users.json["users"]);
+    assert_eq!(sync.json["conversations"][0]["members"], json!(["bob"]));
 }
 
 #[tokio::test]

@@ -15,11 +15,12 @@ pub async fn join(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
     let name = params.str("name")?;
     let password = params.str("password")?;
     let session = hub.join(name, password).await?;
-    Ok(json(&session))
+    Ok(json_bytes(StatusCode::OK, session.to_json()))
 }
 
 pub fn sync(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
-    Ok(json(&hub.sync(params.token()?)?))
+    let session = hub.sync(params.token()?)?;
+    Ok(json_bytes(StatusCode::OK, session.to_json()))
 }
 
 pub async fn poll(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
@@ -41,7 +42,12 @@ pub fn set_status(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
 }
 
 pub fn users(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
-    Ok(json(&json!({ "users": hub.users(params.token()?)? })))
+    let online = hub.users(params.token()?)?;
+    let mut body = Vec::with_capacity(online.users.len() + 12);
+    body.extend_from_slice(b"{\"users\":");
+    body.extend_from_slice(online.users.as_bytes());
+    body.push(b'}');
+    Ok(json_bytes(StatusCode::OK, body))
 }
 
 pub fn leave(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {

@@ -48,7 +48,7 @@ use crate::event::{
 use crate::store::{Change, Snapshot, Store, StoreError, StoredRoom};
 use clients::{Clients, Parked, Wake};
 use mailbox::{Mailbox, Read};
-use online::OnlineNames;
+use online::{OnlineNames, OnlineSnapshot};
 use presence::PresenceBoard;
 
 /// The global room every online user is in; also its conversation id.
@@ -85,25 +85,69 @@ impl Conversation {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct UserStatus {
-    pub name: String,
-    pub status: Status,
-}
-
 /// What /join and /sync answer: who the client is, where its cursor starts,
 /// and a snapshot of the users and conversations it can see.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct Session {
     pub user: String,
     pub client: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
     pub cursor: u64,
     pub poll_timeout_ms: u64,
     pub inactivity_timeout_ms: u64,
-    pub users: Vec<UserStatus>,
-    pub conversations: Vec<Conversation>,
+    /// Who is online: the `users` of the answer, and the lobby's members.
+    pub online: Arc<OnlineSnapshot>,
+    /// The user's rooms and dialogs; the lobby comes first in the answer.
+    pub rooms_and_dialogs: Vec<Conversation>,
+}
+
+impl Session {
+    /// The answer's JSON: `{"user", "client", "token"?, "cursor",
+    /// "poll_timeout_ms", "inactivity_timeout_ms", "users", "conversations"}`,
+    /// with the online list spliced in as it was serialized once for all.
+    pub fn to_json(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Head<'a> {
+            user: &'a str,
+            client: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            token: Option<&'a str>,
+            cursor: u64,
+            poll_timeout_ms: u64,
+            inactivity_timeout_ms: u64,
+        }
+        let head = Head {
+            user: &self.user,
+            client: self.client,
+            token: self.token.as_deref(),
+            cursor: self.cursor,
+            poll_timeout_ms: self.poll_timeout_ms,
+            inactivity_timeout_ms: self.inactivity_timeout_ms,
+        };
+        let mut out = Vec::with_capacity(
+            256 + self.online.users.len()
+                + self.online.names.len()
+                + 128 * self.rooms_and_dialogs.len(),
+        );
+        serde_json::to_writer(&mut out, &head).expect("a session serializes");
+        out.pop(); // the head's closing brace: the object goes on
+        out.extend_from_slice(b",\"users\":");
+        out.extend_from_slice(self.online.users.as_bytes());
+        out.extend_from_slice(
+            format!(
+                r#","conversations":[{{"id":"{LOBBY}","kind":"room","name":"{LOBBY}","members":"#
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(self.online.names.as_bytes());
+        out.push(b'}');
+        for conversation in &self.rooms_and_dialogs {
+            out.push(b',');
+            serde_json::to_writer(&mut out, conversation).expect("a conversation serializes");
+        }
+        out.extend_from_slice(b"]}");
+        out
+    }
 }
 
 /// Who got a published notification.
@@ -804,10 +848,10 @@ impl Hub {
     }
 
     /// GET /users: who is online, with their status.
-    pub fn users(&self, token: &str) -> ApiResult<Vec<UserStatus>> {
-        let state = self.state();
+    pub fn users(&self, token: &str) -> ApiResult<Arc<OnlineSnapshot>> {
+        let mut state = self.state();
         state.client_key(token)?;
-        Ok(state.online_users())
+        Ok(state.online_snapshot())
     }
 
     /// POST /api/publish: a notification to each listed user's clients.
@@ -1155,6 +1199,7 @@ impl State {
         if !self.presence.set(user, status) {
             return false;
         }
+        self.online.status_changed();
         if self.persist_live {
             self.changes.push(Change::Presence {
                 user: user.to_owned(),
@@ -1478,14 +1523,9 @@ impl State {
         }
     }
 
-    fn online_users(&self) -> Vec<UserStatus> {
-        self.online
-            .iter()
-            .map(|name| UserStatus {
-                name: name.to_owned(),
-                status: self.presence.status(name),
-            })
-            .collect()
+    fn online_snapshot(&mut self) -> Arc<OnlineSnapshot> {
+        let presence = &self.presence;
+        self.online.snapshot(|name| presence.status(name))
     }
 
     /// The lobby's members are the online users.
@@ -1493,10 +1533,11 @@ impl State {
         Conversation::room(LOBBY, self.online.iter().map(str::to_owned).collect())
     }
 
-    fn session(&self, key: usize, config: HubConfig) -> Session {
+    fn session(&mut self, key: usize, config: HubConfig) -> Session {
+        let online = self.online_snapshot();
         let client = self.clients.get(key).expect("session of a live client");
         let user = &self.users[&client.user];
-        let mut conversations = vec![self.lobby()];
+        let mut conversations = Vec::new();
         if let Some(rooms) = self.rooms_of.get(&client.user) {
             conversations.extend(
                 rooms
@@ -1518,8 +1559,8 @@ impl State {
             cursor: user.mailbox.visible_head(self.durable_through),
             poll_timeout_ms: millis(config.poll_timeout),
             inactivity_timeout_ms: millis(config.inactivity_timeout),
-            users: self.online_users(),
-            conversations,
+            online,
+            rooms_and_dialogs: conversations,
         }
     }
 }
