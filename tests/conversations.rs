@@ -354,3 +354,118 @@ async fn history_pages_backwards_for_members() {
         (404, "unknown_conversation")
     );
 }
+
+/// Senders and long-polling readers in many dialogs and the lobby at once,
+/// on a server with four worker threads: the hub's shards let requests of
+/// different users run in parallel, and every reader must still get every
+/// message of its conversations exactly once, each conversation in id order
+/// (with the durable store too, where events wait for their commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_traffic_in_many_dialogs_and_the_lobby_arrives_once_and_in_order() {
+    parallel_traffic(common::test_config()).await;
+    let dir = std::env::temp_dir().join(format!("parlor-parallel-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut durable = common::test_config();
+    durable.ephemeral = false;
+    durable.data_dir = dir.clone();
+    parallel_traffic(durable).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn parallel_traffic(config: parlor::Config) {
+    const PAIRS: usize = 12;
+    const PER_SENDER: usize = 20;
+    const LOBBY_EVERY: usize = 5;
+    let server = TestServer::start_with(config).await;
+    let mut clients = Vec::new();
+    for n in 0..2 * PAIRS {
+        clients.push(server.join(&format!("u{n}")).await);
+    }
+    let mut dialogs = Vec::new();
+    for pair in 0..PAIRS {
+        let answer = clients[2 * pair]
+            .post("/dialog", &[("with", &format!("u{}", 2 * pair + 1))])
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        dialogs.push(
+            answer.json["conversation"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    // A second tab of each user reads, from the head on.
+    let mut readers = Vec::new();
+    for n in 0..2 * PAIRS {
+        let mut reader = server.join(&format!("u{n}")).await;
+        reader.events_until_empty().await;
+        readers.push(reader);
+    }
+
+    // Each user sends PER_SENDER messages into its dialog, every
+    // LOBBY_EVERY-th one into the lobby instead, while its reader tab
+    // long-polls until it has all it should get.
+    let lobby_per_sender = PER_SENDER / LOBBY_EVERY;
+    let expected = 2 * (PER_SENDER - lobby_per_sender) + 2 * PAIRS * lobby_per_sender;
+    let sends = clients.iter().enumerate().map(|(n, client)| {
+        let dialog = dialogs[n / 2].clone();
+        async move {
+            for k in 0..PER_SENDER {
+                let conversation = if k % LOBBY_EVERY == 0 {
+                    "lobby"
+                } else {
+                    dialog.as_str()
+                };
+                let answer = client
+                    .send(conversation, &format!("{}:{k}", client.name))
+                    .await;
+                assert_eq!(answer.status, 200, "{}", answer.text);
+            }
+        }
+    });
+    let reads = readers.iter_mut().map(|client| async move {
+        let mut seen: Vec<Value> = Vec::new();
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while of_type(&seen, "message").len() < expected && std::time::Instant::now() < give_up {
+            seen.extend(client.poll_for(2000).await);
+        }
+        (client.name.clone(), seen)
+    });
+    let (_, read) = tokio::join!(join_all(sends), common::join_all(reads));
+
+    for (name, events) in read {
+        let got = of_type(&events, "message");
+        assert_eq!(
+            got.len(),
+            expected,
+            "{name} got {} of {expected}",
+            got.len()
+        );
+        let ids: HashSet<u64> = got.iter().map(|m| m["id"].as_u64().unwrap()).collect();
+        assert_eq!(ids.len(), expected, "{name} got a message twice");
+        for conversation in ["lobby".to_owned()].iter().chain(&dialogs) {
+            let in_order: Vec<u64> = got
+                .iter()
+                .filter(|m| m["conversation"] == conversation.as_str())
+                .map(|m| m["id"].as_u64().unwrap())
+                .collect();
+            assert!(
+                in_order.windows(2).all(|pair| pair[0] < pair[1]),
+                "{name} got {conversation} out of order: {in_order:?}"
+            );
+        }
+        // Each sender's messages in the order sent.
+        for sender in 0..2 * PAIRS {
+            let prefix = format!("u{sender}:");
+            let sent: Vec<usize> = got
+                .iter()
+                .filter_map(|m| m["text"].as_str()?.strip_prefix(&prefix)?.parse().ok())
+                .collect();
+            assert!(
+                sent.windows(2).all(|pair| pair[0] < pair[1]),
+                "{name} got u{sender}'s messages out of order: {sent:?}"
+            );
+        }
+    }
+    server.stop().await;
+}

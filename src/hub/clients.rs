@@ -1,5 +1,6 @@
-//! Client processes (browser tabs, scripts): their tokens, their parked poll,
-//! and their place in the sweeper's idle queue.
+//! Client processes (browser tabs, scripts) of the users of one hub shard:
+//! their parked poll and their place in the sweeper's idle queue. (Which
+//! shard holds the client behind a token is the hub's token map.)
 //!
 //! Invariant: every live client is either parked (a poll is waiting) or idle
 //! (it has a deadline in the idle queue), never both and never neither — so
@@ -16,7 +17,6 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::sweeper::IdleQueue;
-use crate::auth;
 
 /// Why a parked poll is answered before its timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +63,6 @@ pub struct Parked {
 #[derive(Debug)]
 pub struct Clients {
     slab: Slab<Client>,
-    by_token: HashMap<String, usize>,
     /// Slab keys of clients with a parked poll (woken all at once on a
     /// presence change, without scanning idle clients).
     parked: HashSet<usize>,
@@ -73,36 +72,26 @@ pub struct Clients {
     /// jumps ahead of all others) and `notify_one` never blocks.
     sweeper: Arc<Notify>,
     inactivity_timeout: Duration,
-    last_client_id: u64,
     last_poll_id: u64,
 }
-
-use std::collections::HashMap;
 
 impl Clients {
     pub fn new(sweeper: Arc<Notify>, inactivity_timeout: Duration) -> Clients {
         Clients {
             slab: Slab::new(),
-            by_token: HashMap::new(),
             parked: HashSet::new(),
             idle: IdleQueue::default(),
             sweeper,
             inactivity_timeout,
-            last_client_id: 0,
             last_poll_id: 0,
         }
     }
 
-    /// A new client of `user`, idle from `now`, starting at cursor `acked`.
-    pub fn open(&mut self, user: &str, acked: u64, now: Instant) -> usize {
-        self.insert(self.last_client_id + 1, auth::new_token(), user, acked, now)
-    }
-
-    /// A client as the store kept it, given a full inactivity timeout from
-    /// `now`: time the server was down does not count against it.
-    /// `acked` is where its mailbox starts: nothing kept is trimmed for it
-    /// until it polls again.
-    pub fn restore(
+    /// Adds client `id` (its token unguessable, see `auth`) of `user`,
+    /// idle from `now`, acknowledged up to `acked`. A client restored from
+    /// the store gets a full inactivity timeout from `now`: time the server
+    /// was down does not count against it.
+    pub fn insert(
         &mut self,
         id: u64,
         token: String,
@@ -110,33 +99,21 @@ impl Clients {
         acked: u64,
         now: Instant,
     ) -> usize {
-        self.insert(id, token, user, acked, now)
-    }
-
-    fn insert(&mut self, id: u64, token: String, user: &str, acked: u64, now: Instant) -> usize {
-        self.last_client_id = self.last_client_id.max(id);
         let key = self.slab.insert(Client {
             id,
-            token: token.clone(),
+            token,
             user: user.to_owned(),
             acked,
             parked: None,
             idle_deadline: None,
         });
-        self.by_token.insert(token, key);
         self.mark_idle(key, now);
         key
-    }
-
-    /// Client ids continue after the highest one ever handed out.
-    pub fn continue_ids_after(&mut self, last_client_id: u64) {
-        self.last_client_id = self.last_client_id.max(last_client_id);
     }
 
     /// Removes a client; a poll it had parked is answered `ClientGone`.
     pub fn close(&mut self, key: usize) -> Option<Client> {
         let mut client = self.slab.try_remove(key)?;
-        self.by_token.remove(&client.token);
         if let Some(deadline) = client.idle_deadline.take() {
             self.idle.remove(deadline, key, client.id);
         }
@@ -145,10 +122,6 @@ impl Clients {
             let _ = parked.wake.send(Wake::ClientGone);
         }
         Some(client)
-    }
-
-    pub fn key_of(&self, token: &str) -> Option<usize> {
-        self.by_token.get(token).copied()
     }
 
     pub fn get(&self, key: usize) -> Option<&Client> {
@@ -271,10 +244,6 @@ impl Clients {
 
     pub fn is_empty(&self) -> bool {
         self.slab.is_empty()
-    }
-
-    pub fn tokens(&self) -> usize {
-        self.by_token.len()
     }
 
     pub fn parked(&self) -> usize {

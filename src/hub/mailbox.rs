@@ -20,6 +20,12 @@ use crate::event::EventBytes;
 /// costs a copy, and a small log refills as soon as events arrive.
 const SHRINK_FLOOR: usize = 16;
 
+/// The ticket of an event appended by an operation that has not been given
+/// its store ticket yet: never durable. The operation seals it (see
+/// `seal_pending`) before it releases the mailbox's lock, so no reader
+/// ever meets it.
+pub const UNSEALED: u64 = u64::MAX;
+
 #[derive(Debug)]
 struct Entry {
     event: EventBytes,
@@ -187,6 +193,17 @@ impl Mailbox {
         self.head()
     }
 
+    /// Gives the events appended with ticket `UNSEALED` (the newest ones)
+    /// their store ticket.
+    pub fn seal(&mut self, ticket: u64) {
+        for entry in self.events.iter_mut().rev() {
+            if entry.ticket != UNSEALED {
+                break;
+            }
+            entry.ticket = ticket;
+        }
+    }
+
     /// Events after `cursor`, at most `limit` of them, all treated as durable.
     pub fn read(&self, cursor: u64, limit: usize) -> Read<'_> {
         self.read_durable(cursor, limit, u64::MAX)
@@ -327,5 +344,26 @@ mod tests {
         assert_eq!(mailbox.visible_head(7), 2);
         assert_eq!(seqs(mailbox.read_durable(1, 10, 8)), vec![2, 3]);
         assert_eq!(mailbox.visible_head(8), 3);
+    }
+
+    #[test]
+    fn unsealed_events_stay_hidden_until_sealed_with_their_ticket() {
+        let mut mailbox = Mailbox::new(0);
+        mailbox.push_pending(event(1), 3);
+        mailbox.push_pending(event(2), UNSEALED);
+        mailbox.push_pending(event(3), UNSEALED);
+        assert_eq!(seqs(mailbox.read_durable(0, 10, u64::MAX - 1)), vec![1]);
+        assert_eq!(mailbox.visible_head(u64::MAX - 1), 1);
+        mailbox.seal(9);
+        assert_eq!(seqs(mailbox.read_durable(0, 10, 8)), vec![1]);
+        assert_eq!(seqs(mailbox.read_durable(0, 10, 9)), vec![1, 2, 3]);
+        mailbox.push_pending(event(4), UNSEALED);
+        mailbox.seal(10);
+        assert_eq!(
+            mailbox.visible_head(9),
+            3,
+            "sealing touches only the unsealed tail"
+        );
+        assert_eq!(mailbox.visible_head(10), 4);
     }
 }
