@@ -229,9 +229,9 @@ struct Shared {
     directory: RwLock<Directory>,
     shards: Box<[Mutex<Shard>]>,
     log: Mutex<Log>,
-    /// Which shard a user name or token belongs to (seeded per process, so
-    /// names cannot be chosen to crowd one shard).
-    shard_hasher: RandomState,
+    /// Seeds which shard a user name belongs to, per process, so that names
+    /// cannot be chosen to crowd one shard.
+    shard_seed: u64,
     store: Arc<dyn Store>,
     config: HubConfig,
     hasher: PasswordHasherPool,
@@ -246,6 +246,8 @@ struct Shared {
     last_message_id: AtomicU64,
     last_delivery_id: AtomicU64,
     last_client_id: AtomicU64,
+    /// `Log::durable_through`, readable without the log's lock.
+    woken_through: AtomicU64,
 }
 
 /// What every shard shares: who is online, rooms, dialogs, presence. Read
@@ -350,7 +352,7 @@ impl Hub {
                 }),
                 shards,
                 log: Mutex::new(Log::default()),
-                shard_hasher: RandomState::new(),
+                shard_seed: RandomState::new().hash_one(0x7061_726c_6f72_u64),
                 persist_live: store.keeps_live_state(),
                 store,
                 config,
@@ -361,6 +363,7 @@ impl Hub {
                 last_message_id: AtomicU64::new(snapshot.last_message_id),
                 last_delivery_id: AtomicU64::new(snapshot.last_delivery_id),
                 last_client_id: AtomicU64::new(snapshot.last_client_id),
+                woken_through: AtomicU64::new(0),
             }),
         };
         {
@@ -373,8 +376,12 @@ impl Hub {
         Ok(hub)
     }
 
-    fn shard_of(&self, name_or_token: &str) -> usize {
-        self.shared.shard_of(name_or_token)
+    fn shard_of_user(&self, name: &str) -> usize {
+        self.shared.shard_of_user(name)
+    }
+
+    fn shard_of_token(&self, token: &str) -> usize {
+        self.shared.shard_of_token(token)
     }
 
     /// The directory, shared: for operations that change no room, dialog,
@@ -390,9 +397,9 @@ impl Hub {
 
     /// Takes the shards in `set`, in index order, after `directory`.
     fn lock<D: Deref<Target = Directory>>(&self, directory: D, set: ShardSet) -> Locked<'_, D> {
-        let shards = (0..SHARDS)
-            .map(|index| (set & (1 << index) != 0).then(|| self.shared.shard(index)))
-            .collect();
+        let shards = std::array::from_fn(|index| {
+            (set & (1 << index) != 0).then(|| self.shared.shard(index))
+        });
         Locked {
             hub: &self.shared,
             dir: directory,
@@ -415,7 +422,7 @@ impl Hub {
     /// token's shard alone: call it holding no shard.
     fn find_client(&self, token: &str) -> ApiResult<ClientRef> {
         self.shared
-            .shard(self.shard_of(token))
+            .shard(self.shard_of_token(token))
             .tokens
             .get(token)
             .copied()
@@ -424,12 +431,17 @@ impl Hub {
 
     /// Makes events up to `ticket` visible and wakes their readers.
     pub fn advance_durable(&self, ticket: u64) {
+        // Every /send calls this once durable; most find it done already.
+        if ticket <= self.shared.woken_through.load(Ordering::Acquire) {
+            return;
+        }
         let batches: Vec<Arc<[String]>> = {
             let mut log = self.shared.log();
             if ticket <= log.durable_through {
                 return;
             }
             log.durable_through = ticket;
+            self.shared.woken_through.store(ticket, Ordering::Release);
             let mut batches = Vec::new();
             while log
                 .awaiting
@@ -449,7 +461,7 @@ impl Hub {
         let mut by_shard: Vec<(usize, &str)> = batches
             .iter()
             .flat_map(|users| users.iter())
-            .map(|user| (self.shard_of(user), user.as_str()))
+            .map(|user| (self.shard_of_user(user), user.as_str()))
             .collect();
         by_shard.sort_unstable_by_key(|&(shard, _)| shard);
         let now = Instant::now();
@@ -546,7 +558,7 @@ impl Hub {
         let (session, ticket) = {
             let mut world = self.everything();
             let clients_of_user = world
-                .shard(self.shard_of(name))
+                .shard(self.shard_of_user(name))
                 .users
                 .get(name)
                 .map_or(0, |user| user.clients.len());
@@ -557,7 +569,7 @@ impl Hub {
                 ));
             }
             let client = world.open_client(name, now);
-            let ticket = world.flush(Committer::Waiter);
+            let ticket = world.flush_for_waiter();
             let mut session = world.session(client);
             session.token = world
                 .shard(client.shard)
@@ -808,7 +820,7 @@ impl Hub {
             locked.batch.changes.push(Change::Message(message.clone()));
             locked.shard(client.shard).remember_send(&message);
             locked.deliver_to_conversation(conversation, &event);
-            let ticket = locked.flush(Committer::Waiter);
+            let ticket = locked.flush_for_waiter();
             (message, ticket)
         };
         self.wait_durable(ticket).await?;
@@ -1038,7 +1050,7 @@ impl Hub {
         let event = Event::Notification { data }.to_bytes();
         let set = users
             .iter()
-            .fold(0, |set, user| set | 1 << self.shard_of(user));
+            .fold(0, |set, user| set | 1 << self.shard_of_user(user));
         let mut locked = self.lock(self.directory(), set);
         let mut report = PublishReport {
             delivered: Vec::new(),
@@ -1117,8 +1129,28 @@ impl Hub {
 }
 
 impl Shared {
-    fn shard_of(&self, name_or_token: &str) -> usize {
-        (self.shard_hasher.hash_one(name_or_token) % SHARDS as u64) as usize
+    /// FNV-1a from a per-process seed: a few ns for a short name, where
+    /// SipHash costs several times that on every request.
+    fn shard_of_user(&self, name: &str) -> usize {
+        let mut hash = self.shard_seed;
+        for &byte in name.as_bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        ((hash ^ (hash >> 32)) % SHARDS as u64) as usize
+    }
+
+    /// Tokens are random hex (`auth::new_token`): their first digit is
+    /// already a uniform shard number. Whatever else a client sends maps to
+    /// some shard too, where no client has it.
+    fn shard_of_token(&self, token: &str) -> usize {
+        let digit = match token.as_bytes().first() {
+            Some(&byte @ b'0'..=b'9') => byte - b'0',
+            Some(&byte @ b'a'..=b'f') => byte - b'a' + 10,
+            Some(&other) => other,
+            None => 0,
+        };
+        usize::from(digit) % SHARDS
     }
 
     fn shard(&self, index: usize) -> MutexGuard<'_, Shard> {
@@ -1203,7 +1235,7 @@ impl Directory {
             .ok_or_else(|| ApiError::unknown_conversation(conversation))?;
         Ok(members
             .iter()
-            .fold(0, |set, member| set | 1 << hub.shard_of(member)))
+            .fold(0, |set, member| set | 1 << hub.shard_of_user(member)))
     }
 
     fn require_member(&self, conversation: &str, user: &str) -> ApiResult<()> {
@@ -1280,7 +1312,7 @@ struct Locked<'a, D> {
     hub: &'a Shared,
     dir: D,
     /// By index; `None` for shards the operation did not take.
-    shards: Vec<Option<MutexGuard<'a, Shard>>>,
+    shards: [Option<MutexGuard<'a, Shard>>; SHARDS],
     batch: Batch,
 }
 
@@ -1307,7 +1339,7 @@ impl<D: Deref<Target = Directory>> Locked<'_, D> {
     }
 
     fn online_user(&mut self, user: &str) -> Option<&mut OnlineUser> {
-        let index = self.hub.shard_of(user);
+        let index = self.hub.shard_of_user(user);
         self.shard(index).users.get_mut(user)
     }
 
@@ -1392,7 +1424,7 @@ impl<D: Deref<Target = Directory>> Locked<'_, D> {
     /// most as many as fit in the next poll's answer, so presence never
     /// grows a backlog that could expire a reader's cursor.
     fn copy_presence_changes(&mut self, user: &str, cursor: u64) {
-        let index = self.hub.shard_of(user);
+        let index = self.hub.shard_of_user(user);
         let Locked {
             hub,
             dir,
@@ -1449,13 +1481,14 @@ impl<D: Deref<Target = Directory>> Locked<'_, D> {
     /// Ends an operation: submits its changes under the next ticket, seals
     /// the events it appended with that ticket, and wakes their readers
     /// (now, if the store is already durable that far, else once it is).
-    /// Returns the ticket (the last one if there was nothing to submit).
-    fn flush(&mut self, committer: Committer) -> u64 {
+    /// Returns the ticket, or None if there was nothing to submit (most
+    /// polls: they then take no lock but their own).
+    fn flush(&mut self, committer: Committer) -> Option<u64> {
         let hub = self.hub;
         let batch = &mut self.batch;
         batch.changes.append(&mut batch.windows);
         if batch.changes.is_empty() && batch.to_wake.is_empty() {
-            return hub.log().last_ticket;
+            return None;
         }
         let changes = std::mem::take(&mut batch.changes);
         let to_wake: Arc<[String]> = std::mem::take(&mut batch.to_wake).into();
@@ -1479,16 +1512,26 @@ impl<D: Deref<Target = Directory>> Locked<'_, D> {
         };
         let now = Instant::now();
         for user in to_wake.iter() {
-            let index = hub.shard_of(user);
-            let shard = self.shard(index);
-            if let Some(online) = shard.users.get_mut(user) {
-                online.mailbox.seal(ticket);
-            }
+            let index = hub.shard_of_user(user);
+            let Shard { users, clients, .. } = self.shard(index);
+            let Some(online) = users.get_mut(user) else {
+                continue;
+            };
+            online.mailbox.seal(ticket);
             if wake_now {
-                shard.wake_user(user, now);
+                for &key in &online.clients {
+                    clients.wake(key, Wake::Events, now);
+                }
             }
         }
-        ticket
+        Some(ticket)
+    }
+
+    /// `flush` for an operation that answers once durable: the ticket to
+    /// wait for (the last one submitted if it changed nothing itself).
+    fn flush_for_waiter(&mut self) -> u64 {
+        self.flush(Committer::Waiter)
+            .unwrap_or_else(|| self.hub.log().last_ticket)
     }
 }
 
@@ -1518,7 +1561,7 @@ impl Exclusive<'_> {
             .collect();
         let last_delivery_id = hub.last_delivery_id.load(Ordering::Relaxed);
         for (id, token, user) in snapshot.clients {
-            let index = hub.shard_of(&user);
+            let index = hub.shard_of_user(&user);
             if !self.shard(index).users.contains_key(&user) {
                 let mailbox = match mailboxes.remove(&user) {
                     Some(kept) => {
@@ -1566,6 +1609,7 @@ impl Exclusive<'_> {
                     },
                 );
             }
+            hub.last_client_id.fetch_max(id, Ordering::Relaxed);
             let shard = self.shard(index);
             let acked = shard
                 .users
@@ -1575,7 +1619,7 @@ impl Exclusive<'_> {
             if let Some(online) = shard.users.get_mut(&user) {
                 online.clients.push(key);
             }
-            let token_shard = hub.shard_of(&token);
+            let token_shard = hub.shard_of_token(&token);
             self.shard(token_shard)
                 .tokens
                 .insert(token, ClientRef { shard: index, key });
@@ -1631,7 +1675,7 @@ impl Exclusive<'_> {
 
     /// The client behind a token (401 `unknown_client` if none).
     fn client_of(&mut self, token: &str) -> ApiResult<ClientRef> {
-        let index = self.hub.shard_of(token);
+        let index = self.hub.shard_of_token(token);
         self.shard(index)
             .tokens
             .get(token)
@@ -1666,7 +1710,7 @@ impl Exclusive<'_> {
     /// Opens a client process; the user comes online with its first one.
     fn open_client(&mut self, name: &str, now: Instant) -> ClientRef {
         let hub = self.hub;
-        let index = hub.shard_of(name);
+        let index = hub.shard_of_user(name);
         let came_online = !self.shard(index).users.contains_key(name);
         if came_online {
             let presence_seen = self.dir.presence.version();
@@ -1710,7 +1754,7 @@ impl Exclusive<'_> {
                 user: name.to_owned(),
             });
         }
-        let token_shard = hub.shard_of(&token);
+        let token_shard = hub.shard_of_token(&token);
         let client = ClientRef { shard: index, key };
         self.shard(token_shard).tokens.insert(token, client);
         if came_online {
@@ -1727,7 +1771,7 @@ impl Exclusive<'_> {
         let Some(closed) = self.shard(client.shard).clients.close(client.key) else {
             return;
         };
-        let token_shard = hub.shard_of(&closed.token);
+        let token_shard = hub.shard_of_token(&closed.token);
         self.shard(token_shard).tokens.remove(&closed.token);
         if hub.persist_live {
             self.batch
@@ -1853,7 +1897,7 @@ fn deliver_into(
     user: &str,
     event: &EventBytes,
 ) -> bool {
-    let Some(online) = shards[hub.shard_of(user)]
+    let Some(online) = shards[hub.shard_of_user(user)]
         .as_deref_mut()
         .and_then(|shard| shard.users.get_mut(user))
     else {
@@ -2015,8 +2059,8 @@ mod tests {
             let name = format!("u{n}");
             let session = runtime.block_on(hub.join(&name, "pw")).expect("joins");
             let token = session.token.clone().expect("a new client has a token");
-            let user_shard = hub.shard_of(&name);
-            let token_shard = hub.shard_of(&token);
+            let user_shard = hub.shard_of_user(&name);
+            let token_shard = hub.shard_of_token(&token);
             if user_shard != HELD && token_shard != HELD && away.len() < 2 {
                 away.push((name, token, session.cursor));
             } else if user_shard == HELD && token_shard != HELD && inside.is_none() {
