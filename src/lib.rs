@@ -13,7 +13,8 @@
 //!   errors (`http::response`), the browser client's files
 //!   (`http::static_files`).
 //! - [`api`]: one function per endpoint, grouped by family.
-//! - [`hub`]: the live state and the only code that changes it: users,
+//! - [`hub`]: the live state and the only code that changes it, sharded
+//!   by user so that no lock is shared by every request: users,
 //!   client processes (`hub::clients`), per-user mailboxes where polls read
 //!   and park (`hub::mailbox`), the sorted online names (`hub::online`),
 //!   presence as versioned state (`hub::presence`), and the inactivity

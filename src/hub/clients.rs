@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use slab::Slab;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::sweeper::IdleQueue;
+use super::sweeper::{IdleQueue, SweeperAlarm};
 
 /// Why a parked poll is answered before its timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,16 +67,16 @@ pub struct Clients {
     /// presence change, without scanning idle clients).
     parked: HashSet<usize>,
     idle: IdleQueue,
-    /// Wakes the sweeper when a new earliest deadline appears. Notified with
-    /// the hub lock held: it is rare (the queue was empty or the deadline
-    /// jumps ahead of all others) and `notify_one` never blocks.
-    sweeper: Arc<Notify>,
+    /// Told of each new earliest deadline of this queue; wakes the sweeper
+    /// if it is the earliest of all. Called with the shard's lock held:
+    /// `notify_one` never blocks.
+    sweeper: Arc<SweeperAlarm>,
     inactivity_timeout: Duration,
     last_poll_id: u64,
 }
 
 impl Clients {
-    pub fn new(sweeper: Arc<Notify>, inactivity_timeout: Duration) -> Clients {
+    pub fn new(sweeper: Arc<SweeperAlarm>, inactivity_timeout: Duration) -> Clients {
         Clients {
             slab: Slab::new(),
             parked: HashSet::new(),
@@ -154,7 +154,7 @@ impl Clients {
         let deadline = now + self.inactivity_timeout;
         client.idle_deadline = Some(deadline);
         if self.idle.insert(deadline, key, client.id) {
-            self.sweeper.notify_one();
+            self.sweeper.deadline_added(deadline);
         }
     }
 

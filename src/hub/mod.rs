@@ -51,7 +51,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::StatusCode;
 use serde::Serialize;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::auth::{self, PasswordHasherPool};
@@ -68,6 +68,7 @@ use clients::{Clients, Wake};
 use mailbox::{Mailbox, Read, UNSEALED};
 use online::{OnlineNames, OnlineSnapshot};
 use presence::PresenceBoard;
+use sweeper::SweeperAlarm;
 
 /// The global room every online user is in; also its conversation id.
 pub const LOBBY: &str = "lobby";
@@ -235,8 +236,8 @@ struct Shared {
     store: Arc<dyn Store>,
     config: HubConfig,
     hasher: PasswordHasherPool,
-    /// Wakes the sweeper task early (see `clients::Clients::sweeper`).
-    sweeper: Arc<Notify>,
+    /// Wakes the sweeper task early (see `sweeper::SweeperAlarm`).
+    sweeper: Arc<SweeperAlarm>,
     /// The highest store ticket made durable.
     durable: watch::Receiver<u64>,
     /// Whether the store keeps live state (else live changes are not described).
@@ -324,7 +325,7 @@ impl Hub {
     /// Builds the hub over a store, resuming the state it kept.
     pub fn new(store: Arc<dyn Store>, config: HubConfig) -> Result<Hub, StoreError> {
         let snapshot = store.load()?;
-        let sweeper = Arc::new(Notify::new());
+        let sweeper = Arc::new(SweeperAlarm::default());
         let durable = store.durable();
         let shards = (0..SHARDS)
             .map(|_| {
@@ -1089,12 +1090,16 @@ impl Hub {
             world.close_client(client, now);
         }
         world.flush(Committer::Store);
-        world
+        let next = world
             .shards
             .iter()
             .flatten()
             .filter_map(|shard| shard.clients.next_deadline())
-            .min()
+            .min();
+        self.shared
+            .sweeper
+            .set(next.unwrap_or(now + sweeper::IDLE_RECHECK));
+        next
     }
 
     pub(crate) async fn sweeper_notified(&self) {
@@ -1308,7 +1313,7 @@ struct Batch {
 
 /// An operation in progress: the directory (shared or exclusive), the
 /// shards it took, and what it changed so far.
-struct Locked<'a, D> {
+struct Locked<'a, D: Deref<Target = Directory>> {
     hub: &'a Shared,
     dir: D,
     /// By index; `None` for shards the operation did not take.
@@ -1318,6 +1323,19 @@ struct Locked<'a, D> {
 
 /// An operation holding the directory to change and every shard.
 type Exclusive<'a> = Locked<'a, RwLockWriteGuard<'a, Directory>>;
+
+/// An operation that changed something submits it, even when it ends early
+/// (an error answered after a delivery): its events were appended
+/// `UNSEALED`, and left so they would hide every later event of their
+/// mailboxes.
+impl<D: Deref<Target = Directory>> Drop for Locked<'_, D> {
+    fn drop(&mut self) {
+        let batch = &self.batch;
+        if !(batch.changes.is_empty() && batch.windows.is_empty() && batch.to_wake.is_empty()) {
+            self.flush(Committer::Store);
+        }
+    }
+}
 
 impl<D: Deref<Target = Directory>> Locked<'_, D> {
     /// A shard the operation holds.

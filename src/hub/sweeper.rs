@@ -7,9 +7,10 @@
 //! only when a new deadline becomes the earliest (mini-redis `db.rs` shape).
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::Hub;
@@ -65,7 +66,58 @@ impl IdleQueue {
 
 /// Longest the sweeper sleeps with nothing scheduled, as a guard against a
 /// missed wake-up.
-const IDLE_RECHECK: Duration = Duration::from_secs(60);
+pub const IDLE_RECHECK: Duration = Duration::from_secs(60);
+
+/// When the sweeper task wakes next, shared by every shard's idle queue. A
+/// deadline that became the earliest of its shard wakes the sweeper early
+/// only if it is earlier than that: with an idle queue per shard, "earliest
+/// of its shard" is common (a shard whose clients are all parked), earliest
+/// of all is rare, and each early wake takes every shard's lock.
+#[derive(Debug)]
+pub struct SweeperAlarm {
+    notify: Notify,
+    origin: Instant,
+    /// Milliseconds after `origin` that the sweeper sleeps until.
+    wakes_at_ms: AtomicU64,
+}
+
+impl Default for SweeperAlarm {
+    fn default() -> Self {
+        SweeperAlarm {
+            notify: Notify::new(),
+            origin: Instant::now(),
+            // Until the sweeper has run once, any deadline wakes it.
+            wakes_at_ms: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl SweeperAlarm {
+    /// A shard's idle queue got `deadline` as its earliest.
+    pub fn deadline_added(&self, deadline: Instant) {
+        if self.millis(deadline) < self.wakes_at_ms.load(Ordering::Acquire) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// The sweeper will sleep until `until`. Set while the sweep still
+    /// holds every shard, so a deadline added after it compares with this.
+    pub fn set(&self, until: Instant) {
+        self.wakes_at_ms
+            .store(self.millis(until), Ordering::Release);
+    }
+
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.origin)
+            .as_millis()
+            .try_into()
+            .unwrap_or(u64::MAX)
+    }
+}
 
 /// Runs until `shutdown` flips to true.
 pub async fn run(hub: Hub, mut shutdown: watch::Receiver<bool>) {
@@ -98,5 +150,17 @@ mod tests {
         );
         assert_eq!(queue.next_deadline(), Some(now + Duration::from_secs(5)));
         assert_eq!(queue.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_alarm_wakes_the_sweeper_only_for_a_deadline_before_its_own() {
+        let alarm = SweeperAlarm::default();
+        let now = Instant::now();
+        let woken = || tokio::time::timeout(Duration::from_millis(20), alarm.notified());
+        alarm.set(now + Duration::from_secs(10));
+        alarm.deadline_added(now + Duration::from_secs(20));
+        assert!(woken().await.is_err(), "a later deadline lets it sleep");
+        alarm.deadline_added(now + Duration::from_secs(5));
+        assert!(woken().await.is_ok(), "an earlier one wakes it");
     }
 }

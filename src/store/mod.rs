@@ -168,11 +168,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Message>>;
 
     /// Queues the changes of one hub operation. Tickets increase by one per
-    /// call; the hub calls this under its lock, so order is the hub's order.
+    /// call; the hub numbers and submits under its log lock, so order is the
+    /// hub's order.
     fn submit(&self, ticket: u64, changes: Vec<Change>);
 
     /// Like `submit`, for an operation whose caller waits for it to be
-    /// durable and calls `commit_through` as soon as the hub lock is
+    /// durable and calls `commit_through` as soon as the hub's locks are
     /// released: the store may leave the write to that call rather than
     /// hand it to a background writer.
     fn submit_for_waiter(&self, ticket: u64, changes: Vec<Change>) {

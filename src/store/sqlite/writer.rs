@@ -9,7 +9,7 @@
 //!   deliveries no mailbox holds, history retention);
 //! - the waiter itself: a /send or /join that must answer only once durable
 //!   commits inline (`commit_through`) on its own runtime thread, after the
-//!   hub lock is released. With `--sync normal` a commit is a write into the
+//!   hub's locks are released. With `--sync normal` a commit is a write into the
 //!   WAL, tens of µs; handing it to the writer thread and back cost two
 //!   thread wake-ups, which was most of the gap between the durable and the
 //!   in-memory wake latency. With `--sync full` a commit is an fsync, which
