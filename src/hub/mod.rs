@@ -1381,13 +1381,7 @@ impl<D: Deref<Target = Directory>> Locked<'_, D> {
         if conversation == LOBBY {
             for shard in shards.iter_mut().flatten() {
                 for (name, user) in shard.users.iter_mut() {
-                    let persist = hub.persist_live.then_some(Persist {
-                        changes: &mut batch.changes,
-                        windows: &mut batch.windows,
-                        last_delivery_id: &hub.last_delivery_id,
-                    });
-                    append(user, name, event.clone(), persist);
-                    batch.to_wake.push(name.clone());
+                    append_for_operation(hub, batch, user, name, event);
                 }
             }
             return;
@@ -1921,6 +1915,20 @@ fn deliver_into(
     else {
         return false;
     };
+    append_for_operation(hub, batch, online, user, event);
+    true
+}
+
+/// Appends to a mailbox as part of the operation `batch` describes: the
+/// store learns of it (if it keeps live state) and the user's readers are
+/// woken when the operation is durable.
+fn append_for_operation(
+    hub: &Shared,
+    batch: &mut Batch,
+    online: &mut OnlineUser,
+    user: &str,
+    event: &EventBytes,
+) {
     let persist = hub.persist_live.then_some(Persist {
         changes: &mut batch.changes,
         windows: &mut batch.windows,
@@ -1928,7 +1936,6 @@ fn deliver_into(
     });
     append(online, user, event.clone(), persist);
     batch.to_wake.push(user.to_owned());
-    true
 }
 
 /// Where a mailbox append is described for the store, when it keeps live
