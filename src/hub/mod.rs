@@ -377,14 +377,6 @@ impl Hub {
         Ok(hub)
     }
 
-    fn shard_of_user(&self, name: &str) -> usize {
-        self.shared.shard_of_user(name)
-    }
-
-    fn shard_of_token(&self, token: &str) -> usize {
-        self.shared.shard_of_token(token)
-    }
-
     /// The directory, shared: for operations that change no room, dialog,
     /// status or who is online.
     fn directory(&self) -> RwLockReadGuard<'_, Directory> {
@@ -423,7 +415,7 @@ impl Hub {
     /// token's shard alone: call it holding no shard.
     fn find_client(&self, token: &str) -> ApiResult<ClientRef> {
         self.shared
-            .shard(self.shard_of_token(token))
+            .shard(self.shared.shard_of_token(token))
             .tokens
             .get(token)
             .copied()
@@ -462,7 +454,7 @@ impl Hub {
         let mut by_shard: Vec<(usize, &str)> = batches
             .iter()
             .flat_map(|users| users.iter())
-            .map(|user| (self.shard_of_user(user), user.as_str()))
+            .map(|user| (self.shared.shard_of_user(user), user.as_str()))
             .collect();
         by_shard.sort_unstable_by_key(|&(shard, _)| shard);
         let now = Instant::now();
@@ -559,7 +551,7 @@ impl Hub {
         let (session, ticket) = {
             let mut world = self.everything();
             let clients_of_user = world
-                .shard(self.shard_of_user(name))
+                .shard(self.shared.shard_of_user(name))
                 .users
                 .get(name)
                 .map_or(0, |user| user.clients.len());
@@ -793,7 +785,7 @@ impl Hub {
         let (message, ticket) = 'locked: {
             let directory = self.directory();
             let client = self.find_client(token)?;
-            let members = directory.shards_of_members(self, conversation)?;
+            let members = directory.shards_of_members(&self.shared, conversation)?;
             let mut locked = self.lock(directory, members | 1 << client.shard);
             let user = locked.user_of(client, token)?;
             locked.dir.require_member(conversation, &user)?;
@@ -1051,7 +1043,7 @@ impl Hub {
         let event = Event::Notification { data }.to_bytes();
         let set = users
             .iter()
-            .fold(0, |set, user| set | 1 << self.shard_of_user(user));
+            .fold(0, |set, user| set | 1 << self.shared.shard_of_user(user));
         let mut locked = self.lock(self.directory(), set);
         let mut report = PublishReport {
             delivered: Vec::new(),
@@ -1224,18 +1216,24 @@ impl Drop for ParkGuard<'_> {
 }
 
 impl Directory {
+    /// A room or a live dialog by id (not the lobby, whose members are
+    /// whoever is online).
+    fn room_or_dialog(&self, id: &str) -> Option<&Conversation> {
+        if id.starts_with(DIALOG_PREFIX) {
+            self.dialogs.get(id)
+        } else {
+            self.rooms.get(id)
+        }
+    }
+
     /// The shards of a conversation's members (every shard for the lobby);
     /// 404 for a conversation that does not exist.
-    fn shards_of_members(&self, hub: &Hub, conversation: &str) -> ApiResult<ShardSet> {
+    fn shards_of_members(&self, hub: &Shared, conversation: &str) -> ApiResult<ShardSet> {
         if conversation == LOBBY {
             return Ok(ALL_SHARDS);
         }
-        let found = if conversation.starts_with(DIALOG_PREFIX) {
-            self.dialogs.get(conversation)
-        } else {
-            self.rooms.get(conversation)
-        };
-        let members = found
+        let members = self
+            .room_or_dialog(conversation)
             .map(|conversation| &conversation.members)
             .ok_or_else(|| ApiError::unknown_conversation(conversation))?;
         Ok(members
@@ -1247,12 +1245,7 @@ impl Directory {
         if conversation == LOBBY {
             return Ok(()); // every online user is in the lobby
         }
-        let found = if conversation.starts_with(DIALOG_PREFIX) {
-            self.dialogs.get(conversation)
-        } else {
-            self.rooms.get(conversation)
-        };
-        match found {
+        match self.room_or_dialog(conversation) {
             None => Err(ApiError::unknown_conversation(conversation)),
             Some(c) if c.members.iter().any(|member| member == user) => Ok(()),
             Some(_) => Err(ApiError::not_member(conversation)),
@@ -1386,14 +1379,10 @@ impl<D: Deref<Target = Directory>> Locked<'_, D> {
             }
             return;
         }
-        let members = match dir.rooms.get(conversation) {
-            Some(room) => &room.members,
-            None => match dir.dialogs.get(conversation) {
-                Some(dialog) => &dialog.members,
-                None => return,
-            },
+        let Some(found) = dir.room_or_dialog(conversation) else {
+            return;
         };
-        for member in members {
+        for member in &found.members {
             deliver_into(hub, shards, batch, member, event);
         }
     }
@@ -2084,8 +2073,8 @@ mod tests {
             let name = format!("u{n}");
             let session = runtime.block_on(hub.join(&name, "pw")).expect("joins");
             let token = session.token.clone().expect("a new client has a token");
-            let user_shard = hub.shard_of_user(&name);
-            let token_shard = hub.shard_of_token(&token);
+            let user_shard = hub.shared.shard_of_user(&name);
+            let token_shard = hub.shared.shard_of_token(&token);
             if user_shard != HELD && token_shard != HELD && away.len() < 2 {
                 away.push((name, token, session.cursor));
             } else if user_shard == HELD && token_shard != HELD && inside.is_none() {
