@@ -356,10 +356,11 @@ async fn history_pages_backwards_for_members() {
 }
 
 /// Senders and long-polling readers in many dialogs and the lobby at once,
-/// on a server with four worker threads: the hub's shards let requests of
-/// different users run in parallel, and every reader must still get every
-/// message of its conversations exactly once, each conversation in id order
-/// (with the durable store too, where events wait for their commit).
+/// on a server with four worker threads, while other users join, open a
+/// room and leave: the hub's shards let requests of different users run in
+/// parallel, and every reader must still get every message of its
+/// conversations exactly once, each conversation in id order (with the
+/// durable store too, where events wait for their commit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parallel_traffic_in_many_dialogs_and_the_lobby_arrives_once_and_in_order() {
     parallel_traffic(common::test_config()).await;
@@ -431,7 +432,18 @@ async fn parallel_traffic(config: parlor::Config) {
         }
         (client.name.clone(), seen)
     });
-    let (_, read) = tokio::join!(join_all(sends), common::join_all(reads));
+    // Meanwhile other users come and go and open rooms: operations that take
+    // every shard, racing the sends and polls that take a few.
+    let server_ref = &server;
+    let churn = async move {
+        for k in 0..30 {
+            let visitor = server_ref.join(&format!("visitor{k}")).await;
+            let answer = visitor.post("/rooms/join", &[("name", "visitors")]).await;
+            assert_eq!(answer.status, 200, "{}", answer.text);
+            assert_eq!(visitor.post("/leave", &[]).await.status, 200);
+        }
+    };
+    let (_, read, _) = tokio::join!(join_all(sends), common::join_all(reads), churn);
 
     for (name, events) in read {
         let got = of_type(&events, "message");

@@ -456,7 +456,7 @@ fn scan(
     })
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Verify {
     /// Messages sent (and acknowledged) that a receiver never got.
     lost: u64,
@@ -470,6 +470,9 @@ struct Verify {
     errors: u64,
     /// 410 cursor_expired answers.
     expired: u64,
+    /// What the first counted error was, so that a run full of errors says
+    /// why (e.g. a bench user swept by a short `--inactivity-timeout`).
+    first_error: Option<String>,
 }
 
 impl Verify {
@@ -480,13 +483,33 @@ impl Verify {
         self.unexpected += other.unexpected;
         self.errors += other.errors;
         self.expired += other.expired;
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&other.first_error);
+        }
     }
 
     fn json(&self) -> Value {
         json!({
             "lost": self.lost, "duplicated": self.duplicated, "out_of_order": self.out_of_order,
             "unexpected": self.unexpected, "errors": self.errors, "cursor_expired": self.expired,
+            "first_error": self.first_error,
         })
+    }
+
+    /// Counts a failed request, remembering the first one's description.
+    fn error(&mut self, problem: impl std::fmt::Display) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(problem.to_string());
+        }
+    }
+}
+
+/// What went wrong with a request that should have answered 200.
+fn failure(what: &str, result: &Res<Answer>) -> String {
+    match result {
+        Ok(answer) => api_error(what, answer).to_string(),
+        Err(error) => format!("{what}: {error}"),
     }
 }
 
@@ -738,8 +761,10 @@ async fn keep_alive(ctx: Rc<Ctx>, workers: usize, mut stop: watch::Receiver<bool
         let job_ctx = ctx.clone();
         let job = async move |conn: &mut Conn, n: usize| -> Res<()> {
             let member = &due[n];
-            if member.kept.get() && touch(conn, member).await.is_err() {
-                job_ctx.verify.borrow_mut().errors += 1;
+            if member.kept.get() {
+                if let Err(error) = touch(conn, member).await {
+                    job_ctx.verify.borrow_mut().error(error);
+                }
             }
             Ok(())
         };
@@ -955,8 +980,8 @@ async fn poller(
             Err(error) => Some(error.to_string()),
         };
         if let Some(problem) = problem {
+            shared.verify.borrow_mut().error(&problem);
             *shared.last_error.borrow_mut() = problem;
-            shared.verify.borrow_mut().errors += 1;
             reconnects += 1;
             if reconnects > MAX_RECONNECTS {
                 shared.gave_up.set(shared.gave_up.get() + 1);
@@ -1055,7 +1080,7 @@ async fn unpark(
 ) -> Verify {
     let _ = stop.send(true);
     while set.join_next().await.is_some() {}
-    let mut verify = *shared.verify.borrow();
+    let mut verify = shared.verify.borrow().clone();
     if shared.stream.is_some() {
         for &tail in shared.tails.borrow().iter() {
             verify.lost += sent.saturating_sub(tail);
@@ -1284,7 +1309,7 @@ async fn run(args: &Args) -> Res<Report> {
             json!(ctx.probe.me().map(|s| s.rss_kib)),
         );
     }
-    let v = report.verify;
+    let v = &report.verify;
     report.rows.push((
         "checks".into(),
         format!(
@@ -1292,6 +1317,9 @@ async fn run(args: &Args) -> Res<Report> {
             v.lost, v.duplicated, v.out_of_order, v.unexpected, v.errors, v.expired
         ),
     ));
+    if let Some(first) = &v.first_error {
+        report.rows.push(("first error".into(), first.clone()));
+    }
     if let Some(cpu) = bench_cpu {
         report
             .rows
@@ -1713,7 +1741,6 @@ async fn throughput(ctx: &Rc<Ctx>, args: &Args) -> Res<Report> {
         let dialog = serde_json::from_slice::<DialogAnswer>(&answer.body)?
             .conversation
             .id;
-        receiver.kept.set(false);
         lanes.push((
             sender,
             receiver,
@@ -1757,6 +1784,10 @@ async fn throughput(ctx: &Rc<Ctx>, args: &Args) -> Res<Report> {
         );
         set.spawn_local(async move {
             let stream = format!("p{pair}");
+            // From here on the receiver polls by itself. Until now (joins,
+            // dialogs, the floor run) the keep-alive kept it from being
+            // swept; it must stop now, or its polls would supersede ours.
+            receiver.kept.set(false);
             let (mut seq, mut expect, mut cursor) = (0u64, 0u64, receiver.cursor.get());
             let mut next = Instant::now();
             while Instant::now() < deadline && sent_total.get() < max {
@@ -1796,12 +1827,12 @@ async fn throughput(ctx: &Rc<Ctx>, args: &Args) -> Res<Report> {
                     send_conn.post("/send", form),
                     tokio::time::timeout(EXCHANGE_LIMIT, receive)
                 );
-                match sent {
+                match &sent {
                     Ok(a) if a.status == StatusCode::OK => {
                         seq += 1;
                         sent_total.set(sent_total.get() + 1);
                     }
-                    _ => verify.borrow_mut().errors += 1,
+                    _ => verify.borrow_mut().error(failure("/send", &sent)),
                 }
                 match received {
                     Ok(Ok(at)) => {
@@ -1810,7 +1841,7 @@ async fn throughput(ctx: &Rc<Ctx>, args: &Args) -> Res<Report> {
                             samples.borrow_mut().push(nanos(at - t0));
                         }
                     }
-                    Ok(Err(_)) => verify.borrow_mut().errors += 1,
+                    Ok(Err(error)) => verify.borrow_mut().error(error),
                     Err(_) => match Conn::open(&ctx.target).await {
                         Ok(fresh) => recv_conn = fresh,
                         Err(_) => break,
@@ -1853,7 +1884,7 @@ async fn throughput(ctx: &Rc<Ctx>, args: &Args) -> Res<Report> {
         .done(&format!("throughput: {total} deliveries"));
     let mut lat = std::mem::take(&mut *samples.borrow_mut());
     let lat_s = summarize(&mut lat, 1e3);
-    let verify = *verify.borrow();
+    let verify = verify.borrow().clone();
     let json = json!({
         "scenario": "throughput", "clients": pairs * 2, "pairs": pairs,
         "duration_s": round((end - started).as_secs_f64()), "deliveries": total,
