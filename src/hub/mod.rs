@@ -247,7 +247,8 @@ struct Shared {
     last_message_id: AtomicU64,
     last_delivery_id: AtomicU64,
     last_client_id: AtomicU64,
-    /// `Log::durable_through`, readable without the log's lock.
+    /// The highest durable ticket whose readers were woken. Written under
+    /// the log's lock, read without it.
     woken_through: AtomicU64,
 }
 
@@ -289,8 +290,6 @@ struct Shard {
 struct Log {
     /// The last ticket submitted.
     last_ticket: u64,
-    /// The highest ticket whose readers were woken.
-    durable_through: u64,
     /// Submitted tickets not yet durable, with the users to wake then.
     awaiting: VecDeque<(u64, Arc<[String]>)>,
 }
@@ -430,10 +429,9 @@ impl Hub {
         }
         let batches: Vec<Arc<[String]>> = {
             let mut log = self.shared.log();
-            if ticket <= log.durable_through {
+            if ticket <= self.shared.woken_through.load(Ordering::Acquire) {
                 return;
             }
-            log.durable_through = ticket;
             self.shared.woken_through.store(ticket, Ordering::Release);
             let mut batches = Vec::new();
             while log
@@ -685,7 +683,9 @@ impl Hub {
         locked.acknowledge(client, &user_name, cursor);
         locked.flush(Committer::Store);
         // Events are readable once durable, whether or not their readers
-        // were woken yet: a /send answered 200 a moment ago reads now.
+        // were woken yet: a /send answered 200 a moment ago reads now. Read
+        // after the flush, so that what this poll copied in and the store
+        // made durable at once (the in-memory store) is answered now.
         let durable_through = *self.shared.durable.borrow();
         let shutting_down = self.shared.shutting_down.load(Ordering::Acquire);
         let Shard { users, clients, .. } = locked.shard(client.shard);
