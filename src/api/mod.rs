@@ -3,6 +3,6 @@
 //! the JSON answer; rules about state live in the hub, not here.
 
 pub mod conversations;
+pub mod health;
 pub mod publish;
 pub mod session;
-pub mod status;

@@ -1,6 +1,24 @@
-//! The hand-rolled hyper service: one `match` from (method, path) to an
-//! endpoint in `api`, with every failure turned into a JSON error. No
-//! framework: the routing table below is the whole of it.
+//! The hand-rolled hyper service: the routing table, and every failure
+//! turned into a JSON error. No framework: `ROUTES` is the whole of it.
+//!
+//! Each row of `ROUTES` names an API path once, with the methods it
+//! accepts (the `Allow` header of a 405 is derived from them) and the
+//! `Endpoint` that serves it; `route` then has one `match` from
+//! `Endpoint` to the function in `api`. Adding an endpoint is a row, a
+//! variant and an arm; the compiler refuses a variant without its arm and
+//! warns of one without its row.
+//!
+//! Why an enum rather than a handler pointer per row: the handlers differ
+//! in shape (sync or async, `&Hub` or `&App`, /healthz reads no
+//! parameters), and a common `fn(..) -> Pin<Box<dyn Future>>` would box a
+//! future per request, parked polls included. The `match` costs a jump and
+//! keeps each handler's future inline in the connection's.
+//!
+//! The path is looked up once per request, and what is kept of it for the
+//! rest of the request is the row's `&'static` path, never the `Uri`: that
+//! shares the bytes hyper read the request into, and a parked poll holding
+//! it would pin hyper's 8 KiB read buffer until it is answered. Paths not
+//! in the table are static files for GET and HEAD, 404 JSON otherwise.
 
 pub mod request;
 pub mod response;
@@ -30,32 +48,99 @@ pub struct App {
     pub public_dir: Arc<PathBuf>,
 }
 
+/// An API endpoint: what a row of `ROUTES` names and `route` serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Healthz,
+    Join,
+    Sync,
+    Poll,
+    Leave,
+    Status,
+    Users,
+    Send,
+    History,
+    Dialog,
+    RoomsJoin,
+    RoomsLeave,
+    Publish,
+}
+
+/// One API path: the methods it accepts and the endpoint that serves it.
+#[derive(Debug)]
+struct Route {
+    path: &'static str,
+    methods: &'static [Method],
+    endpoint: Endpoint,
+}
+
+/// Endpoints that only read: HEAD wherever GET.
+const READ: &[Method] = &[Method::GET, Method::HEAD];
+/// Endpoints that change state.
+const WRITE: &[Method] = &[Method::POST];
+
+/// Every API path. Matched exactly: not by prefix, not ignoring case.
+static ROUTES: &[Route] = &[
+    Route::new("/healthz", READ, Endpoint::Healthz),
+    Route::new("/sync", READ, Endpoint::Sync),
+    Route::new("/users", READ, Endpoint::Users),
+    Route::new("/history", READ, Endpoint::History),
+    // POST too, so the token and cursor can travel in a form body.
+    Route::new("/poll", &[Method::GET, Method::POST], Endpoint::Poll),
+    Route::new("/join", WRITE, Endpoint::Join),
+    Route::new("/leave", WRITE, Endpoint::Leave),
+    Route::new("/status", WRITE, Endpoint::Status),
+    Route::new("/send", WRITE, Endpoint::Send),
+    Route::new("/dialog", WRITE, Endpoint::Dialog),
+    Route::new("/rooms/join", WRITE, Endpoint::RoomsJoin),
+    Route::new("/rooms/leave", WRITE, Endpoint::RoomsLeave),
+    Route::new("/api/publish", WRITE, Endpoint::Publish),
+];
+
+impl Route {
+    const fn new(path: &'static str, methods: &'static [Method], endpoint: Endpoint) -> Route {
+        Route {
+            path,
+            methods,
+            endpoint,
+        }
+    }
+
+    /// The row for an API path, if `path` is one.
+    fn find(path: &str) -> Option<&'static Route> {
+        ROUTES.iter().find(|route| route.path == path)
+    }
+
+    /// The accepted methods as an `Allow` value, `GET, HEAD`. Built only
+    /// for a 405, so it is not worth precomputing.
+    fn allow(&self) -> String {
+        let names: Vec<&str> = self.methods.iter().map(Method::as_str).collect();
+        names.join(", ")
+    }
+}
+
 /// The service function: never fails at the HTTP level, since every error
 /// is an answer the client should read.
 pub async fn handle(app: App, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let method = request.method().clone();
-    let endpoint = api_endpoint(request.uri().path());
-    // For the error log. Not the `Uri`: it shares the bytes hyper read the
-    // request into, and a parked poll holding it would pin that 8 KiB read
-    // buffer until it is answered, making hyper allocate another to watch
-    // the connection. An API path is its static name (no allocation on the
-    // hot paths); anything else is copied.
-    let path: Cow<'static, str> = match endpoint {
-        Some((api, _)) => Cow::Borrowed(api),
+    let found = Route::find(request.uri().path());
+    // For the error log (see the module doc for why not the `Uri`). An API
+    // path is its static name, with no allocation on the hot paths;
+    // anything else is copied.
+    let path: Cow<'static, str> = match found {
+        Some(found) => Cow::Borrowed(found.path),
         None => Cow::Owned(request.uri().path().to_owned()),
     };
-    let response = match route(&app, endpoint, request).await {
+    let response = match route(&app, found, request).await {
         Ok(response) => response,
         Err(error) => {
             tracing::debug!(%method, %path, %error, "request failed");
-            let allowed = endpoint
-                .filter(|_| error.status == StatusCode::METHOD_NOT_ALLOWED)
-                .map(|(_, methods)| methods);
+            let allowed = found.filter(|_| error.status == StatusCode::METHOD_NOT_ALLOWED);
             let mut response = error.into_response();
             if let Some(allowed) = allowed {
-                response
-                    .headers_mut()
-                    .insert(ALLOW, HeaderValue::from_static(allowed));
+                let allow = HeaderValue::try_from(allowed.allow())
+                    .expect("method names are valid header values");
+                response.headers_mut().insert(ALLOW, allow);
             }
             response
         }
@@ -63,74 +148,70 @@ pub async fn handle(app: App, request: Request<Incoming>) -> Result<Response<Bod
     Ok(response)
 }
 
-/// `endpoint`: the API path the request names, with its methods, as
-/// `api_endpoint` found it; static strings, so that nothing borrowed from
-/// the request's bytes outlives `Params::read` (see `handle`).
+/// Serves `request`; `found` is its path's row in `ROUTES`, if it has one.
 async fn route(
     app: &App,
-    endpoint: Option<(&'static str, &'static str)>,
+    found: Option<&'static Route>,
     request: Request<Incoming>,
 ) -> ApiResult<Response<Body>> {
-    let method = request.method().clone();
-    let Some((path, allowed)) = endpoint else {
+    let Some(found) = found else {
+        let method = request.method();
+        let path = request.uri().path();
         if method == Method::GET || method == Method::HEAD {
-            let path = request.uri().path();
-            return static_files::serve(&app.public_dir, &method, path, request.headers()).await;
+            return static_files::serve(&app.public_dir, method, path, request.headers()).await;
         }
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no endpoint {method} {}", request.uri().path()),
+            format!("no endpoint {method} {path}"),
         ));
     };
-    if !allowed.split(", ").any(|m| m == method.as_str()) {
+    if !found.methods.contains(request.method()) {
         return Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            format!("{path} accepts {allowed}"),
+            format!("{} accepts {}", found.path, found.allow()),
         ));
     }
     let hub = &app.hub;
-    match path {
-        "/healthz" => Ok(api::status::healthz()),
-        "/join" => api::session::join(hub, Params::read(request).await?).await,
-        "/sync" => api::session::sync(hub, Params::read(request).await?),
-        "/poll" => api::session::poll(hub, Params::read(request).await?).await,
-        "/leave" => api::session::leave(hub, Params::read(request).await?),
-        "/status" => api::session::set_status(hub, Params::read(request).await?),
-        "/users" => api::session::users(hub, Params::read(request).await?),
-        "/send" => api::conversations::send(hub, Params::read(request).await?).await,
-        "/history" => api::conversations::history(hub, Params::read(request).await?),
-        "/dialog" => api::conversations::dialog(hub, Params::read(request).await?),
-        "/rooms/join" => api::conversations::join_room(hub, Params::read(request).await?),
-        "/rooms/leave" => api::conversations::leave_room(hub, Params::read(request).await?),
-        "/api/publish" => api::publish::publish(app, Params::read(request).await?),
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no endpoint {method} {path}"),
-        )),
+    match found.endpoint {
+        Endpoint::Healthz => Ok(api::health::healthz()),
+        Endpoint::Join => api::session::join(hub, Params::read(request).await?).await,
+        Endpoint::Sync => api::session::sync(hub, Params::read(request).await?),
+        Endpoint::Poll => api::session::poll(hub, Params::read(request).await?).await,
+        Endpoint::Leave => api::session::leave(hub, Params::read(request).await?),
+        Endpoint::Status => api::session::set_status(hub, Params::read(request).await?),
+        Endpoint::Users => api::session::users(hub, Params::read(request).await?),
+        Endpoint::Send => api::conversations::send(hub, Params::read(request).await?).await,
+        Endpoint::History => api::conversations::history(hub, Params::read(request).await?),
+        Endpoint::Dialog => api::conversations::dialog(hub, Params::read(request).await?),
+        Endpoint::RoomsJoin => api::conversations::join_room(hub, Params::read(request).await?),
+        Endpoint::RoomsLeave => api::conversations::leave_room(hub, Params::read(request).await?),
+        Endpoint::Publish => api::publish::publish(app, Params::read(request).await?),
     }
 }
 
-/// Every API path, with the methods it accepts.
-const API: &[(&str, &str)] = &[
-    ("/healthz", "GET, HEAD"),
-    ("/sync", "GET, HEAD"),
-    ("/users", "GET, HEAD"),
-    ("/history", "GET, HEAD"),
-    ("/poll", "GET, POST"),
-    ("/join", "POST"),
-    ("/leave", "POST"),
-    ("/status", "POST"),
-    ("/send", "POST"),
-    ("/dialog", "POST"),
-    ("/rooms/join", "POST"),
-    ("/rooms/leave", "POST"),
-    ("/api/publish", "POST"),
-];
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The API path `path` names, as a static string, with its methods.
-fn api_endpoint(path: &str) -> Option<(&'static str, &'static str)> {
-    API.iter().copied().find(|(api, _)| *api == path)
+    #[test]
+    fn each_path_has_one_row_and_each_endpoint_one_path() {
+        for (index, row) in ROUTES.iter().enumerate() {
+            for other in &ROUTES[..index] {
+                assert_ne!(row.path, other.path);
+                assert_ne!(row.endpoint, other.endpoint, "{}", row.path);
+            }
+            assert!(!row.methods.is_empty(), "{} accepts no method", row.path);
+            assert!(std::ptr::eq(Route::find(row.path).unwrap(), row));
+        }
+    }
+
+    #[test]
+    fn allow_lists_the_methods_in_order() {
+        assert_eq!(Route::find("/healthz").unwrap().allow(), "GET, HEAD");
+        assert_eq!(Route::find("/poll").unwrap().allow(), "GET, POST");
+        assert_eq!(Route::find("/join").unwrap().allow(), "POST");
+        assert!(Route::find("/healthz/").is_none());
+    }
 }
