@@ -3,6 +3,7 @@
 //! absent entirely (404) unless `--admin-token` is set.
 
 use hyper::{Response, StatusCode};
+use subtle::ConstantTimeEq;
 
 use crate::config::MAX_PUBLISH_USERS;
 use crate::error::{ApiError, ApiResult};
@@ -57,7 +58,9 @@ pub fn publish(app: &App, params: Params) -> ApiResult<Response<Body>> {
     Ok(json(&app.hub.publish(&users, data)))
 }
 
-/// Compares secrets without an early exit on the first differing byte.
+/// Compares secrets in time that does not depend on where they first
+/// differ, so response timing cannot reveal the token byte by byte (only its
+/// length, which `subtle` compares first).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.ct_eq(b).into()
 }
