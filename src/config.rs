@@ -140,30 +140,28 @@ fn default_public_dir() -> PathBuf {
     }
 }
 
-/// Parses `500ms`, `25s`, `2m`, `1h`, `30d` (a bare number is seconds).
+/// Parses a duration flag with `humantime`: `250ms`, `25s`, `5m`, `1h`,
+/// `30d`, `1h30m`, or a bare number of seconds (`3`).
+///
+/// A value is one word, as `--help` and the README write it. humantime
+/// alone would also read `5 days`, but a space is where a shell or an
+/// environment file splits a value that was not quoted, so refusing it
+/// keeps one spelling that survives every place a flag is set from.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let amount: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 500ms, 25s or 2m"))?;
-    let millis = match unit.trim() {
-        "ms" => Some(amount),
-        "" | "s" => amount.checked_mul(1_000),
-        "m" => amount.checked_mul(60_000),
-        "h" => amount.checked_mul(3_600_000),
-        other => {
-            return Err(format!(
-                "unknown duration unit `{other}` (use ms, s, m or h)"
-            ))
-        }
-    };
-    millis
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("duration `{text}` is too large"))
+    if !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return text
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("duration `{text}` is too large"));
+    }
+    if text.contains(char::is_whitespace) {
+        return Err(format!(
+            "`{text}` is not one word: write a duration like 30d or 1h30m"
+        ));
+    }
+    humantime::parse_duration(text)
+        .map_err(|error| format!("`{text}` is not a duration like 250ms, 25s, 5m or 30d ({error})"))
 }
 
 #[cfg(test)]
@@ -179,5 +177,20 @@ mod tests {
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("5 days").is_err());
         assert!(parse_duration("99999999999999999999h").is_err());
+    }
+
+    #[test]
+    fn durations_take_days_and_compound_units() {
+        let day = Duration::from_secs(24 * 3600);
+        assert_eq!(parse_duration("30d"), Ok(30 * day));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration(" 10s "), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "-5s", "5x", "1.5.2h", "99999999999999999999"] {
+            let error = parse_duration(bad).expect_err(bad);
+            assert!(error.contains(bad.trim()), "{error:?} quotes {bad:?}");
+        }
     }
 }
