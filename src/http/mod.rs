@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW};
+use hyper::header::{HeaderValue, ALLOW, X_CONTENT_TYPE_OPTIONS};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::api;
@@ -131,7 +131,7 @@ pub async fn handle(app: App, request: Request<Incoming>) -> Result<Response<Bod
         Some(found) => Cow::Borrowed(found.path),
         None => Cow::Owned(request.uri().path().to_owned()),
     };
-    let response = match route(&app, found, request).await {
+    let mut response = match route(&app, found, request).await {
         Ok(response) => response,
         Err(error) => {
             tracing::debug!(%method, %path, %error, "request failed");
@@ -145,6 +145,11 @@ pub async fn handle(app: App, request: Request<Incoming>) -> Result<Response<Bod
             response
         }
     };
+    // No browser may read an answer as anything but its declared type: a
+    // JSON body carrying user text is never sniffed into HTML or script.
+    response
+        .headers_mut()
+        .insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     Ok(response)
 }
 

@@ -209,8 +209,14 @@ fn bearer_token(headers: &hyper::HeaderMap) -> ApiResult<Option<String>> {
         )
     };
     let text = value.to_str().map_err(|_| invalid())?;
-    let (scheme, token) = text.split_once(' ').ok_or_else(invalid)?;
-    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+    let (scheme, token) = text.split_once(' ').unwrap_or((text, ""));
+    // Any other scheme (Basic, Digest, Negotiate) is a proxy's credentials
+    // in front of parlor, not the client's: the token then comes from the
+    // `token` parameter, as it would without the proxy.
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
+    if token.trim().is_empty() {
         return Err(invalid());
     }
     Ok(Some(token.trim().to_owned()))
