@@ -120,9 +120,9 @@
       conv = S.convs[id];
       if (mode === 'rejoin' && conv.kind === 'room') {
         // The server forgot us (restart or sweep), we never left: join again.
-        restoreRoom(conv);
+        restoreConv(conv, '/rooms/join', { name: conv.name || conv.id }, 'gone');
       } else if (mode === 'rejoin' && conv.kind === 'dialog' && hasOwn(S.users, conv.peer)) {
-        restoreDialog(conv);
+        restoreConv(conv, '/dialog', { 'with': conv.peer }, 'user_offline');
       } else {
         removeConv(id, conv.kind === 'dialog' ? 'user_offline' : 'gone');
       }
@@ -134,30 +134,21 @@
     P.renderAll();
   }
 
-  function restoreRoom(conv) {
+  /**
+   * Asks again for a conversation the server forgot along with us: the room
+   * (/rooms/join) or the dialog (/dialog). If it does not come back, or comes
+   * back under another id, the one shown goes with `lostReason`.
+   */
+  function restoreConv(conv, path, params, lostReason) {
     var S = P.session;
-    request('POST', '/rooms/join', { token: S.token, name: conv.name || conv.id }, P.REQUEST_TIMEOUT_MS,
-      function (err, data) {
-        if (!alive(S)) { return; }
-        if (err) {
-          removeConv(conv.id, 'gone');
-          return;
-        }
-        if (data.conversation.id !== conv.id) { removeConv(conv.id, 'gone'); }
-        var fresh = ensureConv(data.conversation);
-        if (fresh === conv) { P.loadHistory(conv, true); }
-      });
-  }
-
-  function restoreDialog(conv) {
-    var S = P.session;
-    request('POST', '/dialog', { token: S.token, 'with': conv.peer }, P.REQUEST_TIMEOUT_MS, function (err, data) {
+    params.token = S.token;
+    request('POST', path, params, P.REQUEST_TIMEOUT_MS, function (err, data) {
       if (!alive(S)) { return; }
       if (err) {
-        removeConv(conv.id, 'user_offline');
+        removeConv(conv.id, lostReason);
         return;
       }
-      if (data.conversation.id !== conv.id) { removeConv(conv.id, 'user_offline'); }
+      if (data.conversation.id !== conv.id) { removeConv(conv.id, lostReason); }
       var fresh = ensureConv(data.conversation);
       if (fresh === conv) { P.loadHistory(conv, true); }
     });
