@@ -4,9 +4,10 @@
 //! `_`, `-` and `.` (no `..`, no hidden files, no backslashes or encoded
 //! slashes), and the file found is checked, after resolving symlinks, to lie
 //! inside the public directory: nothing outside it is ever served. Every file
-//! is revalidated on each load (`no-cache` with an `ETag`, answered 304 when
-//! unchanged): a deploy reaches browsers at once, page and script together,
-//! while an unchanged file costs a tiny round trip.
+//! is revalidated on each load (`no-cache` with an `ETag`, answered 304 with
+//! no body when unchanged): a deploy reaches browsers at once, the page and
+//! all its scripts together, while an unchanged file costs a round trip of
+//! headers only.
 
 use std::path::{Path, PathBuf};
 
@@ -57,10 +58,7 @@ pub async fn serve(
     let unchanged = request_headers
         .get(IF_NONE_MATCH)
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|tags| {
-            tags.split(',')
-                .any(|tag| tag.trim() == etag || tag.trim() == "*")
-        });
+        .is_some_and(|tags| none_match_hits(tags, &etag));
 
     let (status, content) = if unchanged {
         (StatusCode::NOT_MODIFIED, Vec::new())
@@ -81,6 +79,18 @@ pub async fn serve(
         headers.insert(ETAG, etag);
     }
     Ok(response)
+}
+
+/// Whether an `If-None-Match` list names `etag` (or is `*`). The comparison
+/// is the weak one RFC 9110 prescribes for this header: `W/"x"` and `"x"`
+/// are the same tag, since a cache or proxy may hand back either form.
+fn none_match_hits(tags: &str, etag: &str) -> bool {
+    fn opaque(tag: &str) -> &str {
+        let tag = tag.trim();
+        tag.strip_prefix("W/").unwrap_or(tag)
+    }
+    tags.split(',')
+        .any(|tag| tag.trim() == "*" || opaque(tag) == opaque(etag))
 }
 
 fn not_found() -> ApiError {
@@ -154,6 +164,17 @@ mod tests {
             "relative",
         ] {
             assert_eq!(safe_relative_path(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn if_none_match_compares_weakly() {
+        let etag = "W/\"1f-2a\"";
+        for hit in ["W/\"1f-2a\"", "\"1f-2a\"", " \"old\" , W/\"1f-2a\" ", "*"] {
+            assert!(none_match_hits(hit, etag), "{hit}");
+        }
+        for miss in ["W/\"1f-2b\"", "\"1f-2a", "", "W/"] {
+            assert!(!none_match_hits(miss, etag), "{miss}");
         }
     }
 }

@@ -24,6 +24,16 @@ function publicFiles(ext) {
 
 const JS_FILES = publicFiles('.js');
 
+/** The scripts index.html loads, as paths under public/, in page order. */
+const PAGE_SCRIPTS = (() => {
+  const html = fs.readFileSync(path.join(PUBLIC, 'index.html'), 'utf8');
+  const out = [];
+  const re = /<script\b[^>]*\bsrc\s*=\s*["']?([^"'\s>]+)/gi;
+  let m;
+  while ((m = re.exec(html))) { out.push(path.join(PUBLIC, m[1])); }
+  return out;
+})();
+
 /**
  * APIs an old browser lacks, or that a locked-down network defeats. Matched
  * against identifiers, property names and string literals in the code (not
@@ -38,6 +48,13 @@ test('public/ has JavaScript to check', () => {
   assert.ok(JS_FILES.length > 0, 'no .js files in public/');
 });
 
+test('every script index.html loads is one of the files checked here', () => {
+  assert.ok(PAGE_SCRIPTS.length > 0, 'index.html loads no script');
+  const unchecked = PAGE_SCRIPTS.filter((file) => !JS_FILES.includes(file))
+    .map((file) => path.relative(REPO, file));
+  assert.deepEqual(unchecked, [], 'scripts the page loads that are not in public/');
+});
+
 for (const file of JS_FILES) {
   const rel = path.relative(REPO, file);
 
@@ -48,6 +65,16 @@ for (const file of JS_FILES) {
     } catch (err) {
       assert.fail(`${rel} is not ES5: ${err.message}`);
     }
+  });
+
+  // The files share one global, window.parlor; anything declared at the
+  // top level of a classic script would be another.
+  test(`${rel} declares no globals (its top level is one function called at once)`, () => {
+    const ast = acorn.parse(fs.readFileSync(file, 'utf8'), { ecmaVersion: 5, sourceType: 'script' });
+    const [only] = ast.body;
+    const iife = ast.body.length === 1 && only.type === 'ExpressionStatement' &&
+      only.expression.type === 'CallExpression' && only.expression.callee.type === 'FunctionExpression';
+    assert.ok(iife, `${rel}: top level is ${ast.body.map((n) => n.type).join(', ')}`);
   });
 
   test(`${rel} does not use ${FORBIDDEN.join(', ')}`, () => {

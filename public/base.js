@@ -1,0 +1,129 @@
+/*
+ * parlor web client: the namespace and the DOM helpers every other file uses.
+ *
+ * Written for the browsers parlor exists for: old ones, behind networks where
+ * WebSocket does not get through. So the client is ES5 only (var, function,
+ * no Promise), talks to the server with XMLHttpRequest alone, and needs no
+ * build step and no library. tests/browser/es5.test.js keeps it that way.
+ *
+ * # Files, loaded in this order by index.html
+ *   - base.js: the one global, window.parlor, and DOM helpers: el(), on()...
+ *   - transport.js: request() over XHR, retry policy, the connection loop
+ *     (poll -> events; on failure back off, rejoin or resync)
+ *   - state.js: the session, snapshots from /join and /sync, events,
+ *     conversations, my status
+ *   - messages.js: history and live messages merged in order; the outbox
+ *   - view.js: panes, sidebar, tabs, notices, connection badge, title
+ *   - app.js: the login form, starting and ending a session, page wiring;
+ *     it runs last and shows the login form
+ *
+ * Each file is one function called at once, so nothing leaks into the page
+ * but window.parlor. Inside a file, `P` is that object: a file puts what
+ * others call on it (listed at the file's end) and calls others through it
+ * at run time (P.renderAll()), so files may call each other both ways. A
+ * file keeps local names (var el = P.el) only for files loaded before it.
+ *
+ * # Safety rule
+ *   Text that came from a user (names, messages, room names, notification
+ *   data) only ever reaches the page through document.createTextNode or an
+ *   attribute set with setAttribute: never innerHTML.
+ */
+(function () {
+  'use strict';
+
+  var P = window.parlor = {
+    /**
+     * The signed-in session (see P.newSession in state.js), null while the
+     * login form shows. Every asynchronous callback checks that it is still
+     * the session it started with (P.alive), so a reply that arrives after
+     * logging out is dropped.
+     */
+    session: null,
+    /** Time limit for every request that is not a poll. */
+    REQUEST_TIMEOUT_MS: 15000
+  };
+
+  function byId(id) { return document.getElementById(id); }
+
+  function noop() {}
+
+  /** addEventListener with the old-IE fallback; handler gets (event). */
+  function on(node, type, handler) {
+    if (node.addEventListener) {
+      node.addEventListener(type, handler, false);
+    } else if (node.attachEvent) {
+      node.attachEvent('on' + type, function () { return handler.call(node, window.event); });
+    }
+  }
+
+  function stop(event) {
+    if (!event) { return; }
+    if (event.preventDefault) { event.preventDefault(); } else { event.returnValue = false; }
+  }
+
+  /**
+   * Creates an element; `text`, if given, goes in as a text node, which is
+   * what keeps user text from ever being parsed as HTML.
+   */
+  function el(tag, className, text) {
+    var node = document.createElement(tag);
+    if (className) { node.className = className; }
+    if (text !== undefined && text !== null) { node.appendChild(document.createTextNode(String(text))); }
+    return node;
+  }
+
+  function clear(node) {
+    while (node.firstChild) { node.removeChild(node.firstChild); }
+  }
+
+  function setText(node, text) {
+    clear(node);
+    node.appendChild(document.createTextNode(String(text)));
+  }
+
+  function removeNode(node) {
+    if (node && node.parentNode) { node.parentNode.removeChild(node); }
+  }
+
+  // classList is missing in old browsers; these work on className.
+  function hasClass(node, name) {
+    return (' ' + node.className + ' ').indexOf(' ' + name + ' ') >= 0;
+  }
+  function addClass(node, name) {
+    if (!hasClass(node, name)) { node.className = node.className ? node.className + ' ' + name : name; }
+  }
+  function removeClass(node, name) {
+    node.className = (' ' + node.className + ' ').replace(' ' + name + ' ', ' ')
+      .replace(/^\s+|\s+$/g, '');
+  }
+  function setClass(node, name, wanted) {
+    if (wanted) { addClass(node, name); } else { removeClass(node, name); }
+  }
+
+  function trim(s) { return String(s).replace(/^\s+|\s+$/g, ''); }
+
+  function hasOwn(obj, key) { return Object.prototype.hasOwnProperty.call(obj, key); }
+
+  function pad2(n) { return n < 10 ? '0' + n : String(n); }
+
+  function formatTime(ms) {
+    var d = new Date(ms);
+    return pad2(d.getHours()) + ':' + pad2(d.getMinutes());
+  }
+
+  P.byId = byId;
+  P.noop = noop;
+  P.on = on;
+  P.stop = stop;
+  P.el = el;
+  P.clear = clear;
+  P.setText = setText;
+  P.removeNode = removeNode;
+  P.hasClass = hasClass;
+  P.addClass = addClass;
+  P.removeClass = removeClass;
+  P.setClass = setClass;
+  P.trim = trim;
+  P.hasOwn = hasOwn;
+  P.formatTime = formatTime;
+}());
