@@ -29,6 +29,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod conversation;
 pub mod error;
 pub mod event;
 pub mod http;
