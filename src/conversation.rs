@@ -39,7 +39,7 @@ impl Conversation {
         }
     }
 
-    /// The dialog of two users, `members` sorted (see `dialog_members`).
+    /// The dialog of two users, `members` sorted (see `dialog_id`).
     pub fn dialog(id: String, members: [String; 2]) -> Conversation {
         Conversation {
             id,

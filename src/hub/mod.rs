@@ -12,19 +12,19 @@
 //! Where things are (`impl Hub` is spread over the files by concept):
 //!
 //! - here: the `Hub` handle and its `Shared` state, start, stats, shutdown;
-//! - [`locks`]: the shards, the `Directory`, an operation's `Locked` view,
+//! - `locks`: the shards, the `Directory`, an operation's `Locked` view,
 //!   and the lock order;
-//! - [`delivery`]: the one way an event enters mailboxes and becomes
+//! - `delivery`: the one way an event enters mailboxes and becomes
 //!   visible: batches, tickets, the log, durability and the visibility task;
-//! - [`poll`]: /poll — read or park, acknowledgement, presence copies;
-//! - [`send`]: /send and /history, and `client_msg_id` dedupe;
-//! - [`conversations`]: /dialog, /rooms/join, /rooms/leave, /api/publish;
-//! - [`membership`]: /join, /sync, /leave, /status, /users — opening and
+//! - `poll`: /poll — read or park, acknowledgement, presence copies;
+//! - `send`: /send and /history, and `client_msg_id` dedupe;
+//! - `conversations`: /dialog, /rooms/join, /rooms/leave, /api/publish;
+//! - `membership`: /join, /sync, /leave, /status, /users — opening and
 //!   closing client processes;
-//! - [`restore`]: rebuilding the live state from the store at start;
-//! - [`sweeper`]: the inactivity sweeper task and what it sweeps;
-//! - the data structures they work on: [`clients`], [`mailbox`],
-//!   [`online`], [`presence`].
+//! - `restore`: rebuilding the live state from the store at start;
+//! - `sweeper`: the inactivity sweeper task and what it sweeps;
+//! - the data structures they work on: `clients`, `mailbox`,
+//!   `online`, `presence`.
 
 pub mod clients;
 mod conversations;

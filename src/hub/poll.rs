@@ -151,7 +151,7 @@ impl Hub {
 }
 
 /// Unparks a poll whose future ends without being woken: on timeout, or when
-/// hyper drops the request because the connection closed.
+/// the server drops the request because its connection closed.
 struct ParkGuard<'a> {
     hub: &'a Hub,
     client: ClientRef,
