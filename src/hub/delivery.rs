@@ -32,8 +32,9 @@
 //! - `Locked::record(change)` / `Locked::record_live(|| change)`: any other
 //!   change for the store (the latter only if it keeps live state).
 //! - `Locked::flush(committer) -> Option<ticket>`: ends the operation's
-//!   durable part: submits, seals, wakes (now if already durable). Dropping
-//!   a `Locked` flushes whatever it did not.
+//!   durable part: submits, seals, wakes (now if already durable). With
+//!   `Committer::Waiter` (or `flush_for_waiter`) the caller commits in
+//!   `wait_durable`. Dropping a `Locked` flushes whatever it did not.
 //!
 //! Outside every lock:
 //! - `Hub::wait_durable(ticket)`: until the ticket is durable (committing
@@ -41,7 +42,8 @@
 //! - `Hub::advance_durable(ticket)` / `Hub::run_visibility`: make events up
 //!   to a durable ticket visible and wake their readers.
 //! - `Shared::durable_through()`: polls read the events whose ticket is at
-//!   most this, and no others.
+//!   most this, and no others; `Shared::last_ticket()`: the newest ticket
+//!   submitted, for a retried /send to wait on.
 
 use std::collections::VecDeque;
 use std::ops::Deref;
