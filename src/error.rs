@@ -1,11 +1,19 @@
 //! `ApiError`: every way a request can fail, as the client sees it — an HTTP
-//! status, a stable machine-readable code and a sentence for people. The hub
-//! and the HTTP layer both return it; `http::response` turns it into
-//! `{"error": CODE, "message": TEXT}`.
+//! status, a stable machine-readable code and a sentence for people. The
+//! HTTP layer and the endpoints return it; the hub's domain refusals
+//! (`hub::Refusal`) become one here, each with its own status, code and
+//! message; `http::response` turns it into `{"error": CODE, "message": TEXT}`.
 
 use std::fmt;
 
 use hyper::StatusCode;
+
+use crate::config::{
+    MAX_CLIENTS_PER_USER, MAX_CLIENT_MSG_ID_BYTES, MAX_HISTORY_LIMIT, MAX_NAME_LEN,
+    MAX_PASSWORD_BYTES, MAX_ROOMS, MAX_TEXT_BYTES,
+};
+use crate::hub::Refusal;
+use crate::store::StoreError;
 
 /// A failed request. `code` is part of the API contract (clients branch on
 /// it); `message` may change wording freely.
@@ -68,6 +76,103 @@ impl ApiError {
 
     pub fn too_many(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> ApiError {
+        match refusal {
+            Refusal::InvalidUserName => ApiError::bad_request(
+                "invalid_name",
+                format!("a name is 1 to {MAX_NAME_LEN} letters, digits, `_`, `-` or `.`"),
+            ),
+            Refusal::InvalidRoomName => ApiError::bad_request(
+                "invalid_name",
+                format!("a room name is 1 to {MAX_NAME_LEN} letters, digits, `_`, `-` or `.`"),
+            ),
+            Refusal::InvalidPassword => ApiError::bad_request(
+                "invalid_password",
+                format!("a password is 1 to {MAX_PASSWORD_BYTES} bytes"),
+            ),
+            Refusal::BadCredentials { name } => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "bad_credentials",
+                format!("`{name}` is taken and the password does not match"),
+            ),
+            Refusal::TooManyClients { name } => ApiError::too_many(
+                "too_many_clients",
+                format!(
+                    "`{name}` already has {MAX_CLIENTS_PER_USER} client processes; /leave one first"
+                ),
+            ),
+            Refusal::UnknownClient => ApiError::unknown_client(),
+            Refusal::CursorExpired {
+                cursor,
+                oldest_cursor,
+            } => ApiError::new(
+                StatusCode::GONE,
+                "cursor_expired",
+                format!(
+                    "events after cursor {cursor} were dropped (oldest kept: {oldest_cursor}); GET /sync and reload history"
+                ),
+            ),
+            Refusal::CursorAhead { cursor, head } => ApiError::bad_request(
+                "invalid_cursor",
+                format!("cursor {cursor} is ahead of the newest event ({head})"),
+            ),
+            Refusal::InvalidText => ApiError::bad_request(
+                "invalid_text",
+                format!("text must be 1 to {MAX_TEXT_BYTES} bytes of UTF-8"),
+            ),
+            Refusal::InvalidClientMsgId => ApiError::invalid_param(
+                "client_msg_id",
+                &format!("1 to {MAX_CLIENT_MSG_ID_BYTES} bytes"),
+            ),
+            Refusal::InvalidHistoryLimit => {
+                ApiError::invalid_param("limit", &format!("between 1 and {MAX_HISTORY_LIMIT}"))
+            }
+            Refusal::UnknownConversation { conversation } => {
+                ApiError::unknown_conversation(&conversation)
+            }
+            Refusal::NotMember { conversation } => ApiError::not_member(&conversation),
+            Refusal::DialogWithSelf => {
+                ApiError::bad_request("invalid_user", "a dialog needs another user")
+            }
+            Refusal::UserOffline { user } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_user",
+                format!("`{user}` is not online"),
+            ),
+            Refusal::TooManyRooms => ApiError::too_many(
+                "too_many_rooms",
+                format!("the server holds its maximum of {MAX_ROOMS} rooms"),
+            ),
+            Refusal::CannotLeaveLobby => {
+                ApiError::bad_request("cannot_leave_lobby", "every online user is in the lobby")
+            }
+            Refusal::NotARoom => ApiError::bad_request(
+                "not_a_room",
+                "dialogs end when a member goes offline; only rooms can be left",
+            ),
+            Refusal::NotStored => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_stored",
+                "the message could not be stored in time; retry with the same client_msg_id",
+            ),
+            Refusal::StoreUnavailable => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the server could not store or read data; retry later",
+            ),
+        }
+    }
+}
+
+/// A store failure met outside the hub: logged, and answered like the
+/// hub's `Refusal::StoreUnavailable`.
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        Refusal::from(error).into()
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::hub::Conversation;
+use crate::conversation::Conversation;
 
 /// The serialized JSON object of one event, without its `seq`. Always starts
 /// with `{"type":`.

@@ -3,6 +3,7 @@
 use hyper::Response;
 use serde_json::json;
 
+use crate::config::MAX_TEXT_BYTES;
 use crate::error::{ApiError, ApiResult};
 use crate::http::request::Params;
 use crate::http::response::{json, Body};
@@ -11,8 +12,12 @@ use crate::hub::Hub;
 pub async fn send(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
     let token = params.token()?;
     let conversation = params.str("conversation")?;
+    // Its length is the hub's to check; only its absence is answered here.
     let text = params.optional_str("text")?.ok_or_else(|| {
-        ApiError::bad_request("invalid_text", "text is required (1 to 4096 bytes)")
+        ApiError::bad_request(
+            "invalid_text",
+            format!("text is required (1 to {MAX_TEXT_BYTES} bytes)"),
+        )
     })?;
     let client_msg_id = params.optional_str("client_msg_id")?;
     let message = hub.send(token, conversation, text, client_msg_id).await?;

@@ -3,24 +3,71 @@
 use std::time::Duration;
 
 use hyper::{Response, StatusCode};
+use serde::Serialize;
 use serde_json::json;
 
+use crate::conversation::LOBBY;
 use crate::error::{ApiError, ApiResult};
 use crate::event::Status;
 use crate::http::request::Params;
 use crate::http::response::{json, json_bytes, Body};
-use crate::hub::Hub;
+use crate::hub::{Hub, Session};
 
 pub async fn join(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
     let name = params.str("name")?;
     let password = params.str("password")?;
     let session = hub.join(name, password).await?;
-    Ok(json_bytes(StatusCode::OK, session.to_json()))
+    Ok(json_bytes(StatusCode::OK, session_json(&session)))
 }
 
 pub fn sync(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
     let session = hub.sync(params.token()?)?;
-    Ok(json_bytes(StatusCode::OK, session.to_json()))
+    Ok(json_bytes(StatusCode::OK, session_json(&session)))
+}
+
+/// The /join and /sync answer: `{"user", "client", "token"?, "cursor",
+/// "poll_timeout_ms", "inactivity_timeout_ms", "users", "conversations"}`,
+/// with the online list spliced in as it was serialized once for all.
+fn session_json(session: &Session) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Head<'a> {
+        user: &'a str,
+        client: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        token: Option<&'a str>,
+        cursor: u64,
+        poll_timeout_ms: u64,
+        inactivity_timeout_ms: u64,
+    }
+    let head = Head {
+        user: &session.user,
+        client: session.client,
+        token: session.token.as_deref(),
+        cursor: session.cursor,
+        poll_timeout_ms: session.poll_timeout_ms,
+        inactivity_timeout_ms: session.inactivity_timeout_ms,
+    };
+    let mut out = Vec::with_capacity(
+        256 + session.online.users.len()
+            + session.online.names.len()
+            + 128 * session.rooms_and_dialogs.len(),
+    );
+    serde_json::to_writer(&mut out, &head).expect("a session serializes");
+    out.pop(); // the head's closing brace: the object goes on
+    out.extend_from_slice(b",\"users\":");
+    out.extend_from_slice(session.online.users.as_bytes());
+    out.extend_from_slice(
+        format!(r#","conversations":[{{"id":"{LOBBY}","kind":"room","name":"{LOBBY}","members":"#)
+            .as_bytes(),
+    );
+    out.extend_from_slice(session.online.names.as_bytes());
+    out.push(b'}');
+    for conversation in &session.rooms_and_dialogs {
+        out.push(b',');
+        serde_json::to_writer(&mut out, conversation).expect("a conversation serializes");
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 pub async fn poll(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {

@@ -38,8 +38,9 @@ pub struct Client {
     pub user: String,
     /// The highest cursor the client has polled with (or was handed by
     /// /join or /sync): it has seen every event up to there, so its user's
-    /// mailbox need not keep them for it (field-notes item 1: keep what a
-    /// live client has not acknowledged).
+    /// mailbox need not keep them for it. What a live client has not
+    /// acknowledged is kept, so no event is dropped before every client saw
+    /// it (short of the mailbox filling up).
     pub acked: u64,
     parked: Option<ParkedPoll>,
     idle_deadline: Option<Instant>,

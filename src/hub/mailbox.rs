@@ -5,7 +5,8 @@
 //! seen. Reading never consumes: the same cursor reads the same events again,
 //! which is what makes a retried poll safe. When the log is full the oldest
 //! event is dropped, and a cursor that points before what is kept is reported
-//! as expired rather than silently skipped forward (field-notes item 2).
+//! as expired rather than silently skipped forward, so a client learns it
+//! missed events (and re-syncs) instead of showing a gap.
 //!
 //! Each event carries the store ticket that makes it durable. Readers see
 //! only events whose ticket is durable (a prefix of the log, since tickets
@@ -22,7 +23,7 @@ const SHRINK_FLOOR: usize = 16;
 
 /// The ticket of an event appended by an operation that has not been given
 /// its store ticket yet: never durable. The operation seals it (see
-/// `seal_pending`) before it releases the mailbox's lock, so no reader
+/// `Mailbox::seal`) before it releases the mailbox's lock, so no reader
 /// ever meets it.
 pub const UNSEALED: u64 = u64::MAX;
 

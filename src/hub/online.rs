@@ -2,12 +2,11 @@
 //! /join, /sync and /users answers.
 //!
 //! Every such answer lists who is online (the lobby's members, and each
-//! with a status). Building that list per answer, under the hub lock, made a
-//! storm of N joins cost N² string copies and status look-ups there: at
-//! 6 000 users it was a third of the server's CPU, and serializing it again
-//! outside the lock another quarter. Instead the list is serialized once
-//! per change of who is online or of a status, and shared (an `Arc`) by
-//! every answer until the next change. Keeping the names sorted as users
+//! with a status). Built per answer, under the hub's locks, that list would
+//! make a storm of N joins cost N² string copies and status look-ups while
+//! every shard is held. Instead the list is serialized once per change of
+//! who is online or of a status, and shared (an `Arc`) by every answer
+//! until the next change. Keeping the names sorted as users
 //! come and go costs a binary search and a memmove per change.
 
 use std::sync::Arc;

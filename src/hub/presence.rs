@@ -1,4 +1,4 @@
-//! Presence as state, not as a queue (field-notes item 10).
+//! Presence as state, not as a queue.
 //!
 //! Everyone is in the lobby, so every user sees every other user's presence.
 //! Pushing each change into every mailbox would make a storm of N joins cost

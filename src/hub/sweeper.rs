@@ -3,8 +3,9 @@
 //! A client is idle from the end of its last poll (or its /join) until its
 //! next poll parks; only idle clients have a deadline. Deadlines sit in an
 //! ordered set, so each pass costs O(expired · log n), not a scan of every
-//! client. The task sleeps until the earliest deadline and is woken early
-//! only when a new deadline becomes the earliest (mini-redis `db.rs` shape).
+//! client. The task (`run`) sleeps until the earliest deadline and is woken
+//! early only when a new deadline becomes the earliest (mini-redis `db.rs`
+//! shape); each pass is `Hub::sweep_expired`.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +14,8 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+use super::delivery::Committer;
+use super::locks::ClientRef;
 use super::Hub;
 
 /// Idle clients ordered by deadline: (deadline, slab key, client id). The
@@ -119,16 +122,52 @@ impl SweeperAlarm {
     }
 }
 
-/// Runs until `shutdown` flips to true.
+/// The sweeper task: runs until `shutdown` flips to true.
 pub async fn run(hub: Hub, mut shutdown: watch::Receiver<bool>) {
     loop {
         let next = hub.sweep_expired(Instant::now());
         let sleep_until = next.unwrap_or_else(|| Instant::now() + IDLE_RECHECK);
         tokio::select! {
             _ = tokio::time::sleep_until(sleep_until) => {}
-            _ = hub.sweeper_notified() => {}
+            _ = hub.shared.sweeper.notified() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
+    }
+}
+
+impl Hub {
+    /// Closes the client processes idle past their deadline (a user whose
+    /// last one goes is offline); returns the next deadline.
+    pub fn sweep_expired(&self, now: Instant) -> Option<Instant> {
+        let mut locked = self.lock_all();
+        let mut expired = Vec::new();
+        for (index, shard) in locked.shards.iter_mut().enumerate() {
+            if let Some(shard) = shard {
+                expired.extend(
+                    shard
+                        .clients
+                        .pop_expired(now)
+                        .into_iter()
+                        .map(|key| ClientRef { shard: index, key }),
+                );
+            }
+        }
+        if !expired.is_empty() {
+            tracing::debug!(count = expired.len(), "sweeping inactive clients");
+        }
+        for client in expired {
+            locked.close_client(client, now);
+        }
+        locked.flush(Committer::Store);
+        let next = locked
+            .shards
+            .iter()
+            .flatten()
+            .filter_map(|shard| shard.clients.next_deadline())
+            .min();
+        // Set while every shard is still held: see `SweeperAlarm::set`.
+        self.shared.sweeper.set(next.unwrap_or(now + IDLE_RECHECK));
+        next
     }
 }
 

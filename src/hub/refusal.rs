@@ -1,0 +1,62 @@
+//! `Refusal`: every reason the hub turns a request down, as domain facts
+//! with the data needed to explain them. The hub knows nothing of HTTP;
+//! `crate::error` maps each variant to the status, code and message the API
+//! answers.
+
+use crate::store::StoreError;
+
+/// What the hub's operations return.
+pub type HubResult<T> = Result<T, Refusal>;
+
+/// Why the hub refused a request. One variant per refusal a client can
+/// branch on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A user name that is not 1 to `MAX_NAME_LEN` plain characters.
+    InvalidUserName,
+    /// A room name that is not 1 to `MAX_NAME_LEN` plain characters.
+    InvalidRoomName,
+    /// A password that is empty or over `MAX_PASSWORD_BYTES`.
+    InvalidPassword,
+    /// The name is claimed and the password does not match.
+    BadCredentials { name: String },
+    /// The user already has `MAX_CLIENTS_PER_USER` client processes.
+    TooManyClients { name: String },
+    /// No client has this token (never had, left, or was swept).
+    UnknownClient,
+    /// The cursor is older than the oldest event the mailbox keeps.
+    CursorExpired { cursor: u64, oldest_cursor: u64 },
+    /// The cursor is ahead of the newest event: never handed out.
+    CursorAhead { cursor: u64, head: u64 },
+    /// Message text that is empty or over `MAX_TEXT_BYTES`.
+    InvalidText,
+    /// A `client_msg_id` that is empty or over `MAX_CLIENT_MSG_ID_BYTES`.
+    InvalidClientMsgId,
+    /// A history page size of 0 or over `MAX_HISTORY_LIMIT`.
+    InvalidHistoryLimit,
+    /// No room or live dialog has this id.
+    UnknownConversation { conversation: String },
+    /// The conversation exists and the user is not in it.
+    NotMember { conversation: String },
+    /// A dialog asked for with oneself.
+    DialogWithSelf,
+    /// The other user of a dialog is not online.
+    UserOffline { user: String },
+    /// A new room would exceed `MAX_ROOMS`.
+    TooManyRooms,
+    /// The lobby cannot be left: every online user is in it.
+    CannotLeaveLobby,
+    /// /rooms/leave named a dialog.
+    NotARoom,
+    /// A /join or /send did not become durable in time; a retry is safe.
+    NotStored,
+    /// The store failed to read or write (logged where it happened).
+    StoreUnavailable,
+}
+
+impl From<StoreError> for Refusal {
+    fn from(error: StoreError) -> Refusal {
+        tracing::error!(%error, "store failed");
+        Refusal::StoreUnavailable
+    }
+}
