@@ -9,10 +9,11 @@
 //!   deliveries no mailbox holds, history retention);
 //! - the waiter itself: a /send or /join that must answer only once durable
 //!   commits inline (`commit_through`) on its own runtime thread, after the
-//!   hub's locks are released. With `--sync normal` a commit is a write into the
-//!   WAL, tens of µs; handing it to the writer thread and back would add
-//!   two thread wake-ups to every send, costlier than the write itself. With `--sync full` a commit is an fsync, which
-//!   must not stall a runtime thread, so the writer thread does them all.
+//!   hub's locks are released. With `--sync normal` a commit is a write
+//!   into the WAL, tens of µs; handing it to the writer thread and back
+//!   would add two thread wake-ups to every send, costlier than the write
+//!   itself. With `--sync full` a commit is an fsync, which must not stall
+//!   a runtime thread, so the writer thread does them all.
 //!
 //! Order: a committer holds the connection while it drains the queue,
 //! writes and publishes, so batches are written and published in ticket
@@ -28,6 +29,9 @@
 //! the write connection, holding it only for the frames appended meanwhile,
 //! so that the checkpoint completes and the WAL starts over rather than
 //! grow.
+//!
+//! What a batch or a housekeeping pass writes is `apply`'s; this file
+//! decides only when, on which thread, and what happens on failure.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
