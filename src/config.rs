@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use clap::Parser;
 
-pub use crate::store::sqlite::SyncMode;
-
 /// Longest a parked poll is held before it is answered empty. 25 s stays under
 /// the 30 s idle limit common in proxies and load balancers.
 pub const DEFAULT_POLL_TIMEOUT: &str = "25s";
@@ -57,6 +55,15 @@ pub const MAX_PUBLISH_USERS: usize = 10_000;
 /// Password hashes computed at once. Argon2 costs ~19 MiB and tens of ms
 /// each, so a burst of /join must queue rather than exhaust memory and CPU.
 pub const MAX_CONCURRENT_PASSWORD_HASHES: usize = 4;
+
+/// How hard each commit is pushed to disk (`--sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyncMode {
+    /// WAL without fsync per commit: survives a killed process.
+    Normal,
+    /// fsync per commit: survives a power cut.
+    Full,
+}
 
 /// parlor: a long-polling Comet chat and notification server.
 #[derive(Debug, Clone, Parser)]

@@ -33,6 +33,14 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+impl StoreError {
+    /// A failure of the storage underneath: what was being done, and why it
+    /// failed.
+    pub(crate) fn new(context: &str, cause: impl fmt::Display) -> StoreError {
+        StoreError(format!("{context}: {cause}"))
+    }
+}
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A room as stored: its name (which is also its id) and its members.

@@ -9,11 +9,11 @@
 //!   deliveries no mailbox holds, history retention);
 //! - the waiter itself: a /send or /join that must answer only once durable
 //!   commits inline (`commit_through`) on its own runtime thread, after the
-//!   hub's locks are released. With `--sync normal` a commit is a write into the
-//!   WAL, tens of µs; handing it to the writer thread and back cost two
-//!   thread wake-ups, which was most of the gap between the durable and the
-//!   in-memory wake latency. With `--sync full` a commit is an fsync, which
-//!   must not stall a runtime thread, so the writer thread does them all.
+//!   hub's locks are released. With `--sync normal` a commit is a write
+//!   into the WAL, tens of µs; handing it to the writer thread and back
+//!   would add two thread wake-ups to every send, costlier than the write
+//!   itself. With `--sync full` a commit is an fsync, which must not stall
+//!   a runtime thread, so the writer thread does them all.
 //!
 //! Order: a committer holds the connection while it drains the queue,
 //! writes and publishes, so batches are written and published in ticket
@@ -25,10 +25,13 @@
 //! commits, and whenever it wakes up with nothing to do (at least every
 //! `IDLE_WAKE_UP`) after some commit. It copies the bulk on a connection of
 //! its own, alongside commits (holding the write connection through all of
-//! it, tens of ms, delayed every send queued behind it), then finishes on
+//! it, tens of ms, would delay every send queued behind it), then finishes on
 //! the write connection, holding it only for the frames appended meanwhile,
 //! so that the checkpoint completes and the WAL starts over rather than
 //! grow.
+//!
+//! What a batch or a housekeeping pass writes is `apply`'s; this file
+//! decides only when, on which thread, and what happens on failure.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -38,9 +41,8 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use tokio::sync::{oneshot, watch};
 
-use super::{
-    collect_deliveries, delivery_cutoff, prune_history, write_batch, SqliteOptions, SyncMode,
-};
+use super::apply::{collect_deliveries, delivery_cutoff, prune_history, write_batch, Write};
+use crate::config::SyncMode;
 use crate::store::{Change, StoreResult};
 
 /// Jobs taken per transaction at most, so one commit stays bounded.
@@ -49,7 +51,7 @@ const MAX_JOBS_PER_COMMIT: usize = 4096;
 const DELIVERY_GC_INTERVAL: Duration = Duration::from_secs(1);
 /// Deliveries deleted per statement, so that the write connection is never
 /// held long: a fan-out to 5 000 moves 5 000 windows, and deleting what they
-/// released in one go kept sends waiting.
+/// release in one go would keep sends waiting.
 pub(super) const DELIVERIES_PER_DELETE: u64 = 1024;
 /// How often old history is pruned when a retention is set.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
@@ -74,16 +76,33 @@ const UNCLAIMED_JOB_AFTER: Duration = Duration::from_millis(100);
 /// does not wake it. Also the housekeeping's resolution.
 const IDLE_WAKE_UP: Duration = Duration::from_secs(1);
 
+/// A queued write, owned by the queue until a committer takes it.
 pub(super) enum Job {
-    Submit {
-        ticket: u64,
-        changes: Vec<Change>,
-    },
+    /// The changes of one hub operation; `ticket` is published once durable.
+    Submit { ticket: u64, changes: Vec<Change> },
+    /// Claims a name; `reply` says whether it was free, once durable.
     CreateAccount {
         name: String,
         password_hash: String,
         reply: oneshot::Sender<StoreResult<bool>>,
     },
+}
+
+impl Job {
+    /// What `apply` writes for this job.
+    fn write(&self) -> Write<'_> {
+        match self {
+            Job::Submit { changes, .. } => Write::Changes(changes),
+            Job::CreateAccount {
+                name,
+                password_hash,
+                ..
+            } => Write::CreateAccount {
+                name,
+                password_hash,
+            },
+        }
+    }
 }
 
 struct Queue {
@@ -219,7 +238,7 @@ impl Writer {
         let mut backoff = Duration::from_millis(10);
         let mut stopping_since: Option<Instant> = None;
         let outcome = loop {
-            match write_batch(connection, &batch) {
+            match write_batch(connection, batch.iter().map(Job::write)) {
                 Ok(outcome) => break outcome,
                 Err(e) if !retry => {
                     tracing::warn!(error = %e, "inline store commit failed; the writer thread retries");
@@ -280,7 +299,8 @@ impl Writer {
 
     /// The writer thread: commits what nobody commits inline, and keeps the
     /// database tidy. Returns once the queue is closed and drained.
-    pub(super) fn run(&self, options: SqliteOptions) {
+    /// `history_retention`: delete messages older than this (None: keep all).
+    pub(super) fn run(&self, history_retention: Option<Duration>) {
         let mut next_pruning = Instant::now();
         let mut next_gc = Instant::now();
         loop {
@@ -288,7 +308,7 @@ impl Writer {
                 self.collect_deliveries();
                 next_gc = Instant::now() + DELIVERY_GC_INTERVAL;
             }
-            if let Some(retention) = options.history_retention {
+            if let Some(retention) = history_retention {
                 if Instant::now() >= next_pruning {
                     prune_history(&self.connection(), retention);
                     next_pruning = Instant::now() + RETENTION_INTERVAL;
@@ -396,7 +416,7 @@ impl Writer {
         // so that nothing is appended during it: the checkpoint completes,
         // and the next commit starts the WAL over from its beginning.
         // Without this, under a steady stream of commits no checkpoint ever
-        // caught up, and the WAL grew by gigabytes a minute.
+        // catches up, and the WAL grows by gigabytes a minute.
         passive_checkpoint(&self.connection());
     }
 }

@@ -1,0 +1,332 @@
+//! `SqliteStore`: the durable default, one SQLite database in `--data-dir`.
+//! This file owns the handle: opening the directory and its connections,
+//! the reads requests make, and the `Store` impl that hands writes to the
+//! writer.
+//!
+//! Writes: one write connection (`writer`). Submissions queue up while a
+//! commit runs, and the next commit takes everything that queued as one
+//! transaction (group commit), so a burst of sends pays for one commit, not
+//! one each. A /send or /join commits inline; the writer thread commits the
+//! rest. After each commit the highest ticket written is published.
+//!
+//! Durability: WAL mode. `--sync normal` (the default) commits without
+//! fsync: a killed process loses nothing, a power cut may lose the last
+//! commits. `--sync full` fsyncs the WAL at every commit and survives a power
+//! cut too.
+//!
+//! Reads (history, logins, client_msg_id look-ups) use a second connection,
+//! which WAL lets read while the writer writes.
+//!
+//! The rest, none of which calls back into this file:
+//! - `schema`: the tables, versioned steps and `migrate`, run at open.
+//! - `load`: the `Snapshot` read once at start.
+//! - `writer`: the queue, who commits, checkpoints and housekeeping.
+//! - `apply`: the SQL of every write, run by `writer` only.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use tokio::sync::{oneshot, watch};
+
+mod apply;
+mod load;
+mod schema;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+pub use schema::{migrate, SCHEMA_VERSION};
+use writer::{Job, Writer};
+
+use super::{Change, Snapshot, Store, StoreError, StoreResult};
+use crate::config::SyncMode;
+use crate::event::Message;
+
+/// The database file inside the data directory.
+pub const DATABASE_FILE: &str = "parlor.db";
+/// Held locked (flock) while a parlor uses the directory, so two processes
+/// never share one database (their writers would block each other forever).
+pub const LOCK_FILE: &str = "parlor.lock";
+
+/// How `SqliteStore::open` sets the store up.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub sync: SyncMode,
+    /// Delete messages older than this (None: keep all).
+    pub history_retention: Option<Duration>,
+}
+
+pub struct SqliteStore {
+    path: PathBuf,
+    /// The locked lock file; released when the store is dropped.
+    _lock: std::fs::File,
+    /// The read connection (history, logins, `load`).
+    reader: Mutex<Connection>,
+    writer: Arc<Writer>,
+    /// The writer thread, until shutdown joins it.
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database in `dir`, migrating it to the
+    /// current schema. Fails with a message naming the problem when the
+    /// directory cannot be written, the file is not a parlor database, or it
+    /// comes from a newer parlor.
+    pub fn open(dir: &Path, options: SqliteOptions) -> StoreResult<SqliteStore> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::new(
+                &format!("cannot create the data directory {}", dir.display()),
+                e,
+            )
+        })?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))
+            .map_err(|e| {
+                StoreError::new(
+                    &format!("cannot write in the data directory {}", dir.display()),
+                    e,
+                )
+            })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError(format!(
+                    "another parlor is using the data directory {}; stop it first or choose another --data-dir",
+                    dir.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StoreError::new(&format!("cannot lock the data directory {}", dir.display()), e))
+            }
+        }
+        let path = dir.join(DATABASE_FILE);
+        let mut writer = open_writer(&path, options.sync)?;
+        migrate(&mut writer, SCHEMA_VERSION)?;
+        let reader = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| StoreError::new(&format!("cannot open {} for reading", path.display()), e))?;
+        reader
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(|e| StoreError::new("cannot configure the reader", e))?;
+
+        let checkpointer = Connection::open(&path)
+            .and_then(|connection| {
+                connection.busy_timeout(Duration::from_secs(5))?;
+                Ok(connection)
+            })
+            .map_err(|e| {
+                StoreError::new(
+                    &format!("cannot open {} for checkpoints", path.display()),
+                    e,
+                )
+            })?;
+        let writer = Writer::new(writer, checkpointer, options.sync)
+            .map_err(|e| StoreError::new("cannot configure the writer", e))?;
+        let writer = Arc::new(writer);
+        let thread_writer = writer.clone();
+        let writer_thread = std::thread::Builder::new()
+            .name("parlor-store-writer".into())
+            .spawn(move || thread_writer.run(options.history_retention))
+            .map_err(|e| StoreError::new("cannot start the store writer thread", e))?;
+        Ok(SqliteStore {
+            path,
+            _lock: lock,
+            reader: Mutex::new(reader),
+            writer,
+            writer_thread: Mutex::new(Some(writer_thread)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes everything queued, then stops the writer thread.
+    pub fn stop_writer(&self) {
+        self.writer.close();
+        let thread = self
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.stop_writer();
+    }
+}
+
+fn open_writer(path: &Path, sync: SyncMode) -> StoreResult<Connection> {
+    let connection = Connection::open(path)
+        .map_err(|e| StoreError::new(&format!("cannot open the database {}", path.display()), e))?;
+    let not_a_database = |e: rusqlite::Error| {
+        StoreError::new(
+            &format!(
+                "{} is not a usable parlor database (corrupt, or not SQLite)",
+                path.display()
+            ),
+            e,
+        )
+    };
+    connection
+        .busy_timeout(Duration::from_secs(5))
+        .map_err(not_a_database)?;
+    let mode: String = connection
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(not_a_database)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError(format!(
+            "{} cannot use write-ahead logging (journal mode stays {mode}); is the directory writable?",
+            path.display()
+        )));
+    }
+    let synchronous = match sync {
+        SyncMode::Normal => "NORMAL",
+        SyncMode::Full => "FULL",
+    };
+    connection
+        .execute_batch(&format!(
+            // A burst (a mass join's presence catch-up) can grow the WAL to
+            // gigabytes; once a checkpoint resets it, give the space back.
+            "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = OFF;
+             PRAGMA journal_size_limit = 67108864;"
+        ))
+        .map_err(not_a_database)?;
+    Ok(connection)
+}
+
+fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
+    Ok(Message {
+        id: row.get(0)?,
+        conversation: row.get(1)?,
+        from: row.get(2)?,
+        text: row.get(3)?,
+        at: row.get(4)?,
+        client_msg_id: row.get(5)?,
+    })
+}
+
+impl Store for SqliteStore {
+    fn load(&self) -> StoreResult<Snapshot> {
+        load::load(&self.reader())
+    }
+
+    fn password_hash(&self, name: &str) -> StoreResult<Option<String>> {
+        self.reader()
+            .prepare_cached("SELECT password_hash FROM accounts WHERE name = ?1")
+            .and_then(|mut statement| statement.query_row([name], |row| row.get(0)).optional())
+            .map_err(|e| StoreError::new("cannot read an account", e))
+    }
+
+    fn create_account(
+        &self,
+        name: &str,
+        password_hash: &str,
+    ) -> oneshot::Receiver<StoreResult<bool>> {
+        let (reply, answer) = oneshot::channel();
+        self.writer.push(
+            Job::CreateAccount {
+                name: name.to_owned(),
+                password_hash: password_hash.to_owned(),
+                reply,
+            },
+            false,
+        );
+        answer
+    }
+
+    fn find_sent(&self, from: &str, client_msg_id: &str) -> StoreResult<Option<Message>> {
+        // Every new /send with a client_msg_id asks this, and nearly always
+        // finds nothing. A connection drops its whole page cache whenever
+        // another one has committed, so on the reader each look-up re-reads
+        // its index pages (about 5 reads per send under load); the write
+        // connection's cache is always current. Use it when it is free, the
+        // reader while a commit or checkpoint holds it.
+        let find = |connection: &Connection| {
+            connection
+                .prepare_cached(
+                    "SELECT id, conversation, sender, text, at, client_msg_id FROM messages
+                     WHERE sender = ?1 AND client_msg_id = ?2",
+                )
+                .and_then(|mut statement| {
+                    statement
+                        .query_row([from, client_msg_id], message_from_row)
+                        .optional()
+                })
+                .map_err(|e| StoreError::new("cannot look up a sent message", e))
+        };
+        match self.writer.try_read(find) {
+            Some(found) => found,
+            None => find(&self.reader()),
+        }
+    }
+
+    fn history(
+        &self,
+        conversation: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Vec<Message>> {
+        let before = before.unwrap_or(i64::MAX as u64).min(i64::MAX as u64);
+        let mut messages = self
+            .reader()
+            .prepare_cached(
+                "SELECT id, conversation, sender, text, at, client_msg_id FROM messages
+                 WHERE conversation = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+            )
+            .and_then(|mut statement| {
+                statement
+                    .query_map(
+                        params![conversation, before, limit as u64],
+                        message_from_row,
+                    )?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(|e| StoreError::new("cannot read history", e))?;
+        messages.reverse();
+        Ok(messages)
+    }
+
+    fn submit(&self, ticket: u64, changes: Vec<Change>) {
+        self.writer.push(Job::Submit { ticket, changes }, false);
+    }
+
+    fn submit_for_waiter(&self, ticket: u64, changes: Vec<Change>) {
+        self.writer.push(Job::Submit { ticket, changes }, true);
+    }
+
+    fn commit_through(&self, ticket: u64) {
+        self.writer.commit_through(ticket);
+    }
+
+    fn durable(&self) -> watch::Receiver<u64> {
+        self.writer.durable()
+    }
+
+    fn keeps_live_state(&self) -> bool {
+        true
+    }
+
+    fn close(&self) {
+        self.stop_writer();
+    }
+}

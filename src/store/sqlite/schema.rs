@@ -1,0 +1,126 @@
+//! The database's schema: its versioned steps, and `migrate`, which brings
+//! a database up to date at start.
+//!
+//! The version is `PRAGMA user_version`, the number of steps applied. Each
+//! step runs in a transaction of its own, so a failed migration leaves the
+//! database at the last complete version. A database from a newer parlor is
+//! refused untouched: this build cannot know what its extra steps mean.
+
+use rusqlite::Connection;
+
+use crate::store::{StoreError, StoreResult};
+
+/// Schema steps; `user_version` is how many have been applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: accounts, rooms and message history.
+    "CREATE TABLE accounts (
+         name TEXT PRIMARY KEY,
+         password_hash TEXT NOT NULL,
+         created_at INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE rooms (
+         name TEXT PRIMARY KEY,
+         members TEXT NOT NULL -- JSON array of user names
+     ) WITHOUT ROWID;
+     CREATE TABLE messages (
+         id INTEGER PRIMARY KEY,
+         conversation TEXT NOT NULL,
+         sender TEXT NOT NULL,
+         text TEXT NOT NULL,
+         at INTEGER NOT NULL,
+         client_msg_id TEXT
+     );
+     CREATE INDEX messages_by_conversation ON messages (conversation, id);
+     CREATE UNIQUE INDEX messages_by_client_msg_id ON messages (sender, client_msg_id)
+         WHERE client_msg_id IS NOT NULL;",
+    // 2: live state survives restarts: client processes, mailboxes,
+    // presence and dialogs, plus counters.
+    "CREATE TABLE clients (
+         id INTEGER PRIMARY KEY,
+         token TEXT NOT NULL UNIQUE,
+         user TEXT NOT NULL
+     );
+     CREATE TABLE mailboxes (
+         user TEXT PRIMARY KEY,
+         start INTEGER NOT NULL,
+         presence_seen INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE mailbox_events (
+         user TEXT NOT NULL,
+         seq INTEGER NOT NULL,
+         body BLOB NOT NULL,
+         PRIMARY KEY (user, seq)
+     ) WITHOUT ROWID;
+     CREATE TABLE presence (
+         user TEXT PRIMARY KEY,
+         status TEXT NOT NULL,
+         version INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE dialogs (
+         id TEXT PRIMARY KEY,
+         first TEXT NOT NULL,
+         second TEXT NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE counters (
+         name TEXT PRIMARY KEY,
+         value INTEGER NOT NULL
+     ) WITHOUT ROWID;",
+    // 3: an event is stored once with its recipients ([[user, seq], ...]),
+    // not once per mailbox: a message to a room of 5 000 is one row. Each
+    // mailbox records the oldest delivery it still holds, so older ones can
+    // be deleted.
+    "CREATE TABLE deliveries (
+         id INTEGER PRIMARY KEY,
+         body BLOB NOT NULL,
+         recipients TEXT NOT NULL
+     );
+     INSERT INTO deliveries (body, recipients)
+         SELECT CAST(body AS BLOB), json_array(json_array(user, seq)) FROM mailbox_events ORDER BY user, seq;
+     ALTER TABLE mailboxes ADD COLUMN oldest_delivery INTEGER;
+     ALTER TABLE mailboxes ADD COLUMN opened_after INTEGER NOT NULL DEFAULT 0;
+     UPDATE mailboxes SET oldest_delivery =
+         (SELECT min(id) FROM deliveries WHERE json_extract(recipients, '$[0][0]') = mailboxes.user);
+     INSERT INTO counters (name, value)
+         SELECT 'last_delivery_id', coalesce(max(id), 0) FROM deliveries WHERE true
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value;
+     DROP TABLE mailbox_events;",
+    // 4: presence copies are not stored as deliveries (after N joins they
+    // would be N² rows); the mailbox records the head they reached instead.
+    "ALTER TABLE mailboxes ADD COLUMN head INTEGER NOT NULL DEFAULT 0;",
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Brings the schema to `target` (≤ SCHEMA_VERSION), one transaction per step.
+pub fn migrate(connection: &mut Connection, target: u32) -> StoreResult<()> {
+    let current: u32 = connection
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(|e| StoreError::new("cannot read the schema version", e))?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError(format!(
+            "the database has schema version {current}, newer than this parlor knows ({SCHEMA_VERSION}); \
+             run a newer parlor or restore a backup (the database was left untouched)"
+        )));
+    }
+    for version in current..target {
+        let step = MIGRATIONS[version as usize];
+        let transaction = connection
+            .transaction()
+            .map_err(|e| StoreError::new("cannot start a migration", e))?;
+        transaction
+            .execute_batch(step)
+            .and_then(|()| {
+                transaction.execute_batch(&format!("PRAGMA user_version = {}", version + 1))
+            })
+            .and_then(|()| transaction.commit())
+            .map_err(|e| {
+                StoreError::new(
+                    &format!("migration to schema version {} failed", version + 1),
+                    e,
+                )
+            })?;
+        tracing::info!(version = version + 1, "database schema migrated");
+    }
+    Ok(())
+}

@@ -1,0 +1,349 @@
+//! The SQLite store's unit tests: what is submitted survives a reopen, who
+//! commits, housekeeping, and refusing databases it cannot use.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use super::apply::unix_millis;
+use super::writer::DELIVERIES_PER_DELETE;
+use super::{SqliteOptions, SqliteStore, DATABASE_FILE};
+use crate::config::SyncMode;
+use crate::event::{EventBytes, Message, Status};
+use crate::store::{Change, Store};
+
+fn options() -> SqliteOptions {
+    SqliteOptions {
+        sync: SyncMode::Normal,
+        history_retention: None,
+    }
+}
+
+fn message(id: u64, text: &str) -> Change {
+    Change::Message(Message {
+        id,
+        conversation: "lobby".into(),
+        from: "ann".into(),
+        text: text.into(),
+        at: unix_millis(),
+        client_msg_id: Some(format!("c{id}")),
+    })
+}
+
+fn window(user: &str, start: u64, oldest_delivery: u64) -> Change {
+    Change::MailboxWindow {
+        user: user.into(),
+        start,
+        oldest_delivery,
+    }
+}
+
+fn event(kind: &str) -> EventBytes {
+    EventBytes::from_stored(format!(r#"{{"type":"{kind}"}}"#).into_bytes())
+}
+
+fn stored_delivery_ids(store: &SqliteStore) -> Vec<u64> {
+    store
+        .reader()
+        .prepare("SELECT id FROM deliveries ORDER BY id")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn wait_durable(store: &SqliteStore, ticket: u64) {
+    let mut durable = store.durable();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while *durable.borrow_and_update() < ticket {
+        assert!(
+            Instant::now() < deadline,
+            "ticket {ticket} never became durable"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn what_is_submitted_is_there_after_reopening() {
+    let dir = tempdir("reopen");
+    {
+        let store = SqliteStore::open(&dir, options()).unwrap();
+        store.submit(1, vec![message(1, "one"), message(2, "two")]);
+        store.submit(
+            2,
+            vec![
+                Change::ClientOpened {
+                    id: 7,
+                    token: "t7".into(),
+                    user: "ann".into(),
+                },
+                Change::MailboxOpened {
+                    user: "ann".into(),
+                    start: 0,
+                    presence_seen: 0,
+                    after_delivery: 0,
+                },
+                Change::MailboxOpened {
+                    user: "bob".into(),
+                    start: 0,
+                    presence_seen: 0,
+                    after_delivery: 0,
+                },
+                Change::Delivered {
+                    id: 1,
+                    body: event("x"),
+                    recipients: vec![("ann".into(), 1), ("bob".into(), 1)],
+                },
+                window("ann", 0, 1),
+                window("bob", 0, 1),
+                Change::Delivered {
+                    id: 2,
+                    body: event("y"),
+                    recipients: vec![("ann".into(), 2)],
+                },
+                // Bob leaves and comes back: his new mailbox numbers from
+                // 1 again, and delivery 1 belongs to the old one.
+                Change::MailboxClosed { user: "bob".into() },
+                Change::MailboxOpened {
+                    user: "bob".into(),
+                    start: 0,
+                    presence_seen: 0,
+                    after_delivery: 2,
+                },
+                Change::Delivered {
+                    id: 3,
+                    body: event("z"),
+                    recipients: vec![("bob".into(), 1)],
+                },
+                window("bob", 0, 3),
+                Change::Presence {
+                    user: "ann".into(),
+                    status: Status::Busy,
+                    version: 3,
+                },
+            ],
+        );
+        wait_durable(&store, 2);
+    }
+    let store = SqliteStore::open(&dir, options()).unwrap();
+    let snapshot = store.load().unwrap();
+    assert_eq!(
+        snapshot.clients,
+        vec![(7, "t7".to_owned(), "ann".to_owned())]
+    );
+    let mut mailboxes = snapshot.mailboxes.clone();
+    mailboxes.sort_by(|a, b| a.user.cmp(&b.user));
+    type Events = Vec<(u64, u64, String)>;
+    let summary: Vec<(String, Events)> = mailboxes
+        .iter()
+        .map(|m| {
+            let events = m.events.iter().map(|(seq, id, body)| {
+                (
+                    *seq,
+                    *id,
+                    String::from_utf8(body.as_bytes().to_vec()).unwrap(),
+                )
+            });
+            (m.user.clone(), events.collect())
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (
+                "ann".to_owned(),
+                vec![
+                    (1, 1, r#"{"type":"x"}"#.to_owned()),
+                    (2, 2, r#"{"type":"y"}"#.to_owned())
+                ]
+            ),
+            ("bob".to_owned(), vec![(1, 3, r#"{"type":"z"}"#.to_owned())]),
+        ]
+    );
+    assert_eq!(snapshot.last_delivery_id, 3);
+
+    // Ann's window moves past delivery 1, which nobody holds any more
+    // (bob's new mailbox starts at 3): it is collected, nothing else is.
+    store.submit(3, vec![window("ann", 1, 2)]);
+    wait_durable(&store, 3);
+    drop(store);
+    let store = SqliteStore::open(&dir, options()).unwrap();
+    let kept = stored_delivery_ids(&store);
+    assert_eq!(kept, [2, 3]);
+    let snapshot = store.load().unwrap();
+    let ann = snapshot.mailboxes.iter().find(|m| m.user == "ann").unwrap();
+    assert_eq!((ann.start, ann.events.len(), ann.events[0].1), (1, 1, 2));
+    assert_eq!(snapshot.presence, vec![("ann".to_owned(), Status::Busy, 3)]);
+    assert_eq!(
+        (
+            snapshot.presence_version,
+            snapshot.last_client_id,
+            snapshot.last_message_id
+        ),
+        (3, 7, 2)
+    );
+    assert_eq!(store.find_sent("ann", "c2").unwrap().unwrap().text, "two");
+    let history = store.history("lobby", None, 10).unwrap();
+    assert_eq!(history.iter().map(|m| m.id).collect::<Vec<_>>(), [1, 2]);
+}
+
+#[test]
+fn deliveries_nobody_holds_are_deleted_chunk_by_chunk() {
+    let dir = tempdir("gc-chunks");
+    let deliveries = 2 * DELIVERIES_PER_DELETE + 100;
+    {
+        let store = SqliteStore::open(&dir, options()).unwrap();
+        let mut changes = vec![Change::MailboxOpened {
+            user: "ann".into(),
+            start: 0,
+            presence_seen: 0,
+            after_delivery: 0,
+        }];
+        changes.extend((1..=deliveries).map(|id| Change::Delivered {
+            id,
+            body: event("x"),
+            recipients: vec![("ann".into(), id)],
+        }));
+        // Ann has read all but the last.
+        changes.push(window("ann", deliveries - 1, deliveries));
+        store.submit(1, changes);
+        wait_durable(&store, 1);
+    }
+    let store = SqliteStore::open(&dir, options()).unwrap();
+    let kept = stored_delivery_ids(&store);
+    assert_eq!(kept, [deliveries]);
+}
+
+#[test]
+fn the_wal_stays_small_under_a_steady_stream_of_commits() {
+    let dir = tempdir("wal-bound");
+    let store = SqliteStore::open(&dir, options()).unwrap();
+    let wal = dir.join(format!("{DATABASE_FILE}-wal"));
+    let mut largest = 0;
+    for ticket in 1..=5_000 {
+        store.submit_for_waiter(ticket, vec![message(ticket, "steady")]);
+        store.commit_through(ticket);
+        if ticket % 100 == 0 {
+            largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+        }
+    }
+    wait_durable(&store, 5_000);
+    // 5 000 commits of a few 4 KiB pages each: ~60 MB of WAL if no
+    // checkpoint ever completes. Checkpoints every 256 commits keep it
+    // to a few MB.
+    assert!(largest < 16 << 20, "the WAL grew to {largest} bytes");
+}
+
+#[test]
+fn a_waiter_commits_its_own_send_before_commit_through_returns() {
+    let dir = tempdir("inline");
+    {
+        let store = SqliteStore::open(&dir, options()).unwrap();
+        store.submit_for_waiter(1, vec![message(1, "one")]);
+        store.submit_for_waiter(2, vec![message(2, "two")]);
+        store.commit_through(1);
+        // Written on this thread, in one transaction with what queued
+        // behind it: no hop to the writer thread and back.
+        assert_eq!(*store.durable().borrow(), 2);
+    }
+    let store = SqliteStore::open(&dir, options()).unwrap();
+    let texts: Vec<String> = store
+        .history("lobby", None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|message| message.text)
+        .collect();
+    assert_eq!(texts, ["one", "two"]);
+}
+
+#[test]
+fn changes_whose_waiter_never_commits_are_still_written() {
+    for sync in [SyncMode::Normal, SyncMode::Full] {
+        let dir = tempdir("unclaimed");
+        let store = SqliteStore::open(&dir, SqliteOptions { sync, ..options() }).unwrap();
+        store.submit_for_waiter(1, vec![message(1, "one")]);
+        wait_durable(&store, 1);
+        // With fsync per commit the waiter hands its commit to the
+        // writer thread rather than stall its own.
+        store.submit_for_waiter(2, vec![message(2, "two")]);
+        store.commit_through(2);
+        wait_durable(&store, 2);
+        assert_eq!(store.history("lobby", None, 10).unwrap().len(), 2);
+    }
+}
+
+#[test]
+fn a_sent_message_is_found_by_client_msg_id_once_durable_whoever_holds_the_writer() {
+    let dir = tempdir("find-sent");
+    let store = SqliteStore::open(&dir, options()).unwrap();
+    assert_eq!(store.find_sent("ann", "c1").unwrap(), None);
+    store.submit_for_waiter(1, vec![message(1, "one")]);
+    store.commit_through(1);
+    let found = store.find_sent("ann", "c1").unwrap().map(|m| m.text);
+    assert_eq!(
+        found.as_deref(),
+        Some("one"),
+        "read on the free write connection"
+    );
+    // While a commit or checkpoint holds the write connection, the
+    // reader answers, and sees the same.
+    let found_meanwhile = store
+        .writer
+        .try_read(|_| store.find_sent("ann", "c1"))
+        .expect("nobody else holds the write connection")
+        .unwrap()
+        .map(|m| m.text);
+    assert_eq!(
+        found_meanwhile.as_deref(),
+        Some("one"),
+        "read on the reader"
+    );
+    assert_eq!(
+        store.find_sent("bob", "c1").unwrap(),
+        None,
+        "ids are per sender"
+    );
+}
+
+#[test]
+fn a_newer_schema_is_refused_and_left_untouched() {
+    let dir = tempdir("newer");
+    {
+        let connection = Connection::open(dir.join(DATABASE_FILE)).unwrap();
+        connection
+            .execute_batch("PRAGMA user_version = 99; CREATE TABLE keep (x);")
+            .unwrap();
+    }
+    let Err(refused) = SqliteStore::open(&dir, options()) else {
+        panic!("a newer schema must be refused")
+    };
+    assert!(refused.0.contains("newer"), "{refused}");
+    let connection = Connection::open(dir.join(DATABASE_FILE)).unwrap();
+    let version: u32 = connection
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 99);
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_a_clear_error() {
+    let dir = tempdir("garbage");
+    std::fs::write(dir.join(DATABASE_FILE), vec![0x42u8; 8192]).unwrap();
+    let Err(refused) = SqliteStore::open(&dir, options()) else {
+        panic!("garbage must be refused")
+    };
+    assert!(
+        refused.0.contains("not a usable parlor database"),
+        "{refused}"
+    );
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("parlor-unit-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
