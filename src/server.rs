@@ -112,7 +112,8 @@ impl Server {
         let visibility = tokio::spawn(hub.clone().run_visibility(sweeper_stop));
 
         // Bounded by u32 so that shutdown can wait for every permit at once.
-        let max_connections = config.max_connections.clamp(1, u32::MAX as usize) as u32;
+        let most = Semaphore::MAX_PERMITS.min(u32::MAX as usize);
+        let max_connections = config.max_connections.clamp(1, most) as u32;
         let connection_permits = Arc::new(Semaphore::new(max_connections as usize));
         let connections = Connections::new(config.max_connections_per_ip);
         let mut pressure = PressureLog::new();

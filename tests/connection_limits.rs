@@ -8,14 +8,14 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::{test_config, TestServer};
-use http_body_util::{BodyExt, Empty};
+use common::{send_on, test_config, Answer, TestServer};
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::client::conn::http1::{handshake, SendRequest};
 use hyper::header::CONNECTION;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
@@ -31,7 +31,7 @@ const PING_EVERY: Duration = Duration::from_millis(200);
 async fn connect(
     addr: SocketAddr,
     from: Option<IpAddr>,
-) -> Result<SendRequest<Empty<Bytes>>, String> {
+) -> Result<SendRequest<Full<Bytes>>, String> {
     let stream = match from {
         None => TcpStream::connect(addr).await,
         Some(ip) => {
@@ -50,36 +50,21 @@ async fn connect(
     Ok(sender)
 }
 
-/// GET `path` on an open connection: the status, whether the server will
-/// close the connection after it, and the body as JSON.
-async fn get(
-    sender: &mut SendRequest<Empty<Bytes>>,
-    path: &str,
-) -> Result<(u16, bool, Value), String> {
+/// GET `path` on an open connection.
+async fn get(sender: &mut SendRequest<Full<Bytes>>, path: &str) -> Result<Answer, String> {
     let request = Request::get(path)
         .header("host", "parlor.test")
-        .body(Empty::new())
+        .body(Full::default())
         .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let closing = response
-        .headers()
+    send_on(sender, request).await
+}
+
+/// Whether the server will close the connection after this answer.
+fn closing(answer: &Answer) -> bool {
+    answer
+        .headers
         .get(CONNECTION)
-        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"));
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((
-        status,
-        closing,
-        serde_json::from_slice(&body).unwrap_or(Value::Null),
-    ))
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"))
 }
 
 /// Pings /healthz every `PING_EVERY` on one keep-alive connection,
@@ -93,7 +78,7 @@ async fn keep_pinging(addr: SocketAddr, ready: mpsc::Sender<()>, mut stop: watch
             continue;
         };
         // Closed to make room (or refused mid-request): reconnect.
-        while let Ok((200, _, _)) = get(&mut sender, "/healthz").await {
+        while let Ok(Answer { status: 200, .. }) = get(&mut sender, "/healthz").await {
             if let Some(ready) = ready.take() {
                 let _ = ready.send(()).await;
             }
@@ -188,10 +173,13 @@ async fn parked_polls_are_never_closed_to_make_room() {
             .await
             .expect("a woken poll answers")
             .unwrap();
-        let (status, closing, body) = answer.expect("the parked poll's connection survived");
-        assert_eq!(status, 200, "{body}");
-        assert_eq!(body["events"][0]["data"], json!({"wake": true}), "{body}");
-        assert!(!closing, "a parked poll's connection was told to close");
+        let answer = answer.expect("the parked poll's connection survived");
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert_eq!(answer.json["events"][0]["data"], json!({"wake": true}));
+        assert!(
+            !closing(&answer),
+            "a parked poll's connection was told to close"
+        );
     }
     server.stop().await;
 }
@@ -206,7 +194,7 @@ async fn one_address_holds_at_most_its_cap() {
     let mut held = Vec::new();
     for _ in 0..4 {
         let mut sender = connect(server.addr, Some(local)).await.unwrap();
-        assert_eq!(get(&mut sender, "/healthz").await.unwrap().0, 200);
+        assert_eq!(get(&mut sender, "/healthz").await.unwrap().status, 200);
         held.push(sender);
     }
 
@@ -222,7 +210,7 @@ async fn one_address_holds_at_most_its_cap() {
     let mut other = connect(server.addr, Some("127.0.0.2".parse().unwrap()))
         .await
         .unwrap();
-    assert_eq!(get(&mut other, "/healthz").await.unwrap().0, 200);
+    assert_eq!(get(&mut other, "/healthz").await.unwrap().status, 200);
 
     // The cap counts open connections: closing one makes room again (once
     // the server has seen it close).
@@ -230,7 +218,7 @@ async fn one_address_holds_at_most_its_cap() {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let mut again = connect(server.addr, Some(local)).await.unwrap();
-        if let Ok((200, _, _)) = get(&mut again, "/healthz").await {
+        if let Ok(Answer { status: 200, .. }) = get(&mut again, "/healthz").await {
             break;
         }
         assert!(
@@ -241,8 +229,8 @@ async fn one_address_holds_at_most_its_cap() {
     }
     // Both the held ones and the other address were kept meanwhile.
     for sender in &mut held {
-        assert_eq!(get(sender, "/healthz").await.unwrap().0, 200);
+        assert_eq!(get(sender, "/healthz").await.unwrap().status, 200);
     }
-    assert_eq!(get(&mut other, "/healthz").await.unwrap().0, 200);
+    assert_eq!(get(&mut other, "/healthz").await.unwrap().status, 200);
     server.stop().await;
 }

@@ -290,7 +290,9 @@ impl Drop for InFlight {
 /// so a client hammering the limits cannot flood the log. Owned by the
 /// accept loop.
 pub(super) struct PressureLog {
-    since: Instant,
+    /// When the summary was last logged; None before the first, which is
+    /// logged at once.
+    reported: Option<Instant>,
     closed_idle: u64,
     refused: u64,
     last_refused: Option<IpAddr>,
@@ -299,8 +301,7 @@ pub(super) struct PressureLog {
 impl PressureLog {
     pub(super) fn new() -> PressureLog {
         PressureLog {
-            // The first event is summarised at once.
-            since: Instant::now() - PRESSURE_REPORT_EVERY,
+            reported: None,
             closed_idle: 0,
             refused: 0,
             last_refused: None,
@@ -321,21 +322,21 @@ impl PressureLog {
     }
 
     fn report(&mut self) {
-        let window = self.since.elapsed();
-        if window < PRESSURE_REPORT_EVERY {
+        if self
+            .reported
+            .is_some_and(|reported| reported.elapsed() < PRESSURE_REPORT_EVERY)
+        {
             return;
         }
         tracing::info!(
             closed_idle = self.closed_idle,
             refused = self.refused,
-            last_refused = ?self.last_refused,
-            "connection limits reached in the last {window:.0?}: closed idle connections to make room, refused connections over --max-connections-per-ip"
+            last_refused = self.last_refused.map(tracing::field::display),
+            "connection limits reached (counts since the last such line): closed idle connections to make room, refused connections over --max-connections-per-ip"
         );
         *self = PressureLog {
-            since: Instant::now(),
-            closed_idle: 0,
-            refused: 0,
-            last_refused: None,
+            reported: Some(Instant::now()),
+            ..PressureLog::new()
         };
     }
 }
@@ -357,6 +358,12 @@ mod tests {
         closed.poll(&mut cx).is_ready()
     }
 
+    /// Makes room, and checks that `expected` was the one told to close.
+    fn closes_next(connections: &Connections, expected: &Registration) {
+        assert!(connections.close_oldest_idle().is_some());
+        assert!(told_to_close(expected));
+    }
+
     #[test]
     fn the_connection_idle_longest_is_closed_first() {
         let connections = Connections::new(0);
@@ -366,13 +373,10 @@ mod tests {
         // `first` answers a request, so `second` is now idle the longest.
         drop(first.request_started());
 
-        assert!(connections.close_oldest_idle().is_some());
-        assert!(told_to_close(&second));
+        closes_next(&connections, &second);
         assert!(!told_to_close(&first) && !told_to_close(&third));
-        assert!(connections.close_oldest_idle().is_some());
-        assert!(told_to_close(&third));
-        assert!(connections.close_oldest_idle().is_some());
-        assert!(told_to_close(&first));
+        closes_next(&connections, &third);
+        closes_next(&connections, &first);
         assert_eq!(connections.close_oldest_idle(), None);
     }
 
@@ -383,15 +387,13 @@ mod tests {
         let idle = connections.register(A);
         let parked = polling.request_started();
 
-        assert!(connections.close_oldest_idle().is_some());
-        assert!(told_to_close(&idle));
+        closes_next(&connections, &idle);
         assert_eq!(connections.close_oldest_idle(), None);
         assert!(!told_to_close(&polling));
 
         // Answered, it is idle again and can make room.
         drop(parked);
-        assert!(connections.close_oldest_idle().is_some());
-        assert!(told_to_close(&polling));
+        closes_next(&connections, &polling);
     }
 
     #[test]
