@@ -106,9 +106,16 @@ pub struct Config {
     #[arg(long, env = "PARLOR_PUBLIC_DIR", default_value_os_t = default_public_dir())]
     pub public_dir: PathBuf,
 
-    /// Most open connections; further connections wait in the kernel's accept queue.
+    /// Most open connections. When all are taken, the connection idle the
+    /// longest (no request in flight; a parked poll is in flight) is closed
+    /// for a new one; if none is idle, new ones wait in the kernel's accept queue.
     #[arg(long, env = "PARLOR_MAX_CONNECTIONS", default_value_t = 16_384)]
     pub max_connections: usize,
+
+    /// Most open connections from one client address (0: no cap); further
+    /// ones are closed at once. 256 fits a NAT of browsers.
+    #[arg(long, env = "PARLOR_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
 
     /// Argon2id memory cost in KiB for new password hashes (OWASP's 19 MiB by
     /// default). Stored hashes carry their own parameters, so changing this

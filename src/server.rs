@@ -1,26 +1,32 @@
 //! The listener: accepts connections, serves each on its own task with
 //! hyper's HTTP/1 connection, and shuts down gracefully.
 //!
-//! Bounds: at most `--max-connections` connections (a semaphore permit is
-//! taken before `accept`, so excess connections wait in the kernel's backlog
-//! instead of costing memory); a request's headers must arrive within
-//! `--header-timeout` and fit in `MAX_HEADER_BYTES`, so a slow or bloated
-//! client is cut off without holding up others.
+//! Bounds: at most `--max-connections` connections, each holding a
+//! semaphore permit. When none is free, the one accepted connection waiting
+//! for a slot has the connection idle the longest closed for it (see
+//! `connections`; a parked poll is never idle), and the rest wait in the
+//! kernel's backlog instead of costing memory. One client address holds at
+//! most `--max-connections-per-ip` connections; further ones are closed at
+//! once. A request's headers must arrive within `--header-timeout` and fit
+//! in `MAX_HEADER_BYTES`, so a slow or bloated client is cut off without
+//! holding up others.
 //!
 //! Shutdown: stop accepting, answer every parked poll at once (empty) so
 //! clients re-poll promptly, let in-flight answers finish, close idle
 //! keep-alive connections, and give up on stragglers after `SHUTDOWN_GRACE`.
 
+mod connections;
+
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Config, MAX_HEADER_BYTES};
 use crate::http::{self, App};
@@ -29,12 +35,17 @@ use crate::store::memory::MemoryStore;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::Store;
 use crate::Error;
+use connections::{Connections, PressureLog};
 
 /// Longest shutdown waits for connections to finish their last answer.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Longest pause between retries when `accept` fails (e.g. out of file
 /// descriptors); the server keeps retrying rather than exiting.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// While a connection waits for a slot, how long to wait for the one told
+/// to close before telling the next-oldest idle one too (the first may have
+/// taken a request just as it was chosen, or nothing was idle yet).
+const CLOSE_IDLE_RETRY: Duration = Duration::from_millis(100);
 
 /// A parlor server with its store open, ready to serve on a listener.
 pub struct Server {
@@ -100,8 +111,12 @@ impl Server {
         let sweeper = tokio::spawn(sweeper::run(hub.clone(), sweeper_stop.clone()));
         let visibility = tokio::spawn(hub.clone().run_visibility(sweeper_stop));
 
-        let graceful = GracefulShutdown::new();
-        let connection_permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
+        // Bounded by u32 so that shutdown can wait for every permit at once.
+        let most = Semaphore::MAX_PERMITS.min(u32::MAX as usize);
+        let max_connections = config.max_connections.clamp(1, most) as u32;
+        let connection_permits = Arc::new(Semaphore::new(max_connections as usize));
+        let connections = Connections::new(config.max_connections_per_ip);
+        let mut pressure = PressureLog::new();
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -111,24 +126,53 @@ impl Server {
 
         tokio::pin!(shutdown);
         loop {
+            let (stream, peer) = tokio::select! {
+                accepted = accept(&listener) => accepted,
+                _ = &mut shutdown => break,
+            };
+            let ip = peer.ip();
+            if !connections.admits(ip) {
+                pressure.refused(ip, connections.per_ip_cap());
+                continue;
+            }
+            let slot = free_slot(&connection_permits, &connections, &stream, &mut pressure);
             let permit = tokio::select! {
-                permit = connection_permits.clone().acquire_owned() => {
-                    permit.expect("the connection semaphore is never closed")
-                }
+                permit = slot => match permit {
+                    Some(permit) => permit,
+                    None => continue,
+                },
                 _ = &mut shutdown => break,
             };
-            let stream = tokio::select! {
-                stream = accept(&listener) => stream,
-                _ = &mut shutdown => break,
-            };
+            let registration = connections.register(ip);
             let app = app.clone();
-            let service = service_fn(move |request| http::handle(app.clone(), request));
-            let connection =
-                graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(cause = %error, "connection ended with an error");
+            let tracker = registration.clone();
+            let service = service_fn(move |request| {
+                let in_flight = tracker.request_started();
+                let answer = http::handle(app.clone(), request);
+                async move {
+                    let answer = answer.await;
+                    drop(in_flight);
+                    answer
                 }
+            });
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::spawn(async move {
+                {
+                    tokio::pin!(connection);
+                    let ended = tokio::select! {
+                        ended = connection.as_mut() => ended,
+                        _ = registration.close_requested() => {
+                            connection.as_mut().graceful_shutdown();
+                            connection.await
+                        }
+                    };
+                    if let Err(error) = ended {
+                        tracing::debug!(cause = %error, "connection ended with an error");
+                    }
+                }
+                // Out of the registry before the slot is free, so that the
+                // next connection sees its address's count without this one.
+                drop(registration);
                 drop(permit);
             });
         }
@@ -137,8 +181,12 @@ impl Server {
         drop(listener);
         hub.shut_down();
         let _ = stop_sweeper.send(true);
+        connections.close_all();
+        // Every permit back means every connection's task has ended.
         tokio::select! {
-            _ = graceful.shutdown() => tracing::info!("all connections closed"),
+            _ = connection_permits.acquire_many(max_connections) => {
+                tracing::info!("all connections closed")
+            }
             _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
                 tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway")
             }
@@ -152,17 +200,56 @@ impl Server {
     }
 }
 
+/// A connection slot for the accepted connection `waiting`. When none is
+/// free, closes the connection idle the longest, and the next-oldest every
+/// `CLOSE_IDLE_RETRY` until a slot frees up. None when the client gives up
+/// first, so that it costs no one a connection.
+async fn free_slot(
+    permits: &Arc<Semaphore>,
+    connections: &Connections,
+    waiting: &TcpStream,
+    pressure: &mut PressureLog,
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = permits.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    let gave_up = gave_up(waiting);
+    tokio::pin!(gave_up);
+    loop {
+        if let Some(idle_for) = connections.close_oldest_idle() {
+            pressure.closed_idle(idle_for);
+        }
+        tokio::select! {
+            permit = permits.clone().acquire_owned() => {
+                return Some(permit.expect("the connection semaphore is never closed"));
+            }
+            _ = &mut gave_up => return None,
+            _ = tokio::time::sleep(CLOSE_IDLE_RETRY) => {}
+        }
+    }
+}
+
+/// Completes if the client closes or resets `stream` before sending a byte.
+/// One that has sent its request keeps its place: hyper treats a close
+/// after the request as the end of the connection anyway.
+async fn gave_up(stream: &TcpStream) {
+    let mut byte = [0; 1];
+    if let Ok(1..) = stream.peek(&mut byte).await {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Accepts the next connection, retrying with capped exponential backoff on
 /// errors such as EMFILE (they are transient: a connection closing frees a
 /// descriptor).
-async fn accept(listener: &TcpListener) -> TcpStream {
+async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
     let mut backoff = Duration::from_millis(5);
     loop {
         match listener.accept().await {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 // Answers are small and latency matters more than packing.
                 let _ = stream.set_nodelay(true);
-                return stream;
+                return (stream, peer);
             }
             Err(error) => {
                 tracing::warn!(%error, "accept failed; retrying in {backoff:?}");

@@ -302,26 +302,7 @@ async fn exchange(
     let request = builder
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Ok(Answer {
-        status,
-        headers,
-        json,
-        text,
-    })
+    send_on(&mut sender, request).await
 }
 
 pub fn encode_form(fields: &[(&str, &str)]) -> String {
@@ -378,4 +359,32 @@ pub async fn join_all<F: std::future::Future>(
         .into_iter()
         .map(|output| output.expect("every future finished"))
         .collect()
+}
+
+/// Sends `request` on an open connection and reads the whole answer; Err
+/// when the connection fails. For tests that keep a connection alive.
+pub async fn send_on(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Result<Answer, String> {
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Ok(Answer {
+        status,
+        headers,
+        json,
+        text,
+    })
 }
