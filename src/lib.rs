@@ -6,8 +6,10 @@
 //! mailbox → HTTP out.
 //!
 //! - [`config`]: flags, defaults, and every bound as a named constant.
-//! - [`server`]: the accept loop, connection limits, header timeout, graceful
-//!   shutdown; it starts and stops the background tasks (below).
+//! - [`server`]: the accept loop, connection limits (the registry of open
+//!   connections, idle ones oldest first, in `server::connections`), header
+//!   timeout, graceful shutdown; it starts and stops the background tasks
+//!   (below).
 //! - [`http`]: the hand-rolled hyper service — routing, request parsing and
 //!   body limits (`http::request`), JSON responses and errors
 //!   (`http::response`), the browser client's files (`http::static_files`).
