@@ -845,3 +845,93 @@ async fn a_join_storm_stores_no_presence_copies_and_readers_resume_after_restart
     node.terminate();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Names of the files in `dir` whose bytes contain `needle` anywhere.
+fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
+    let needle = needle.as_bytes();
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            let bytes = std::fs::read(path).unwrap();
+            bytes.windows(needle.len()).any(|window| window == needle)
+        })
+        .map(|path| path.display().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_stored_only_hashed_and_keep_working_after_a_restart() {
+    let dir = data_dir("token-at-rest");
+    let node = Node::start(&dir, &[]);
+    let (ann, cursor) = node.join("ann", "ann-pw").await;
+    let (bob, _) = node.join("bob", "bob-pw").await;
+    let sent = node
+        .post(
+            "/send",
+            &[("token", &bob), ("conversation", "lobby"), ("text", "hi")],
+        )
+        .await;
+    assert_eq!(sent.status, 200, "{}", sent.text);
+    // The database and its write-ahead log, as a backup would copy them.
+    for token in [&ann, &bob] {
+        assert_eq!(files_containing(&dir, token), Vec::<String>::new());
+    }
+    node.kill_9();
+    assert_eq!(files_containing(&dir, &ann), Vec::<String>::new());
+
+    let node = Node::start(&dir, &[]);
+    let (_, events) = node.drain(&ann, cursor).await;
+    assert!(message_texts(&events).contains(&"hi".to_owned()));
+    let users = node.get("/users", &[("token", &bob)]).await;
+    assert_eq!(users.status, 200, "{}", users.text);
+    let wrong = node.poll(&ann.replace(|c| c != '0', "0"), 0).await;
+    assert_eq!(wrong.unwrap_err().status, 401);
+    node.terminate();
+    assert_eq!(files_containing(&dir, &bob), Vec::<String>::new());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_4_database_with_raw_tokens_is_migrated_and_its_clients_resume() {
+    let dir = data_dir("migrate-v4");
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = "89abcdef0123456789abcdef0123456789abcdef";
+    {
+        // Schema 4 kept each client's token as it was handed out.
+        let mut db = rusqlite::Connection::open(dir.join("parlor.db")).unwrap();
+        parlor::store::sqlite::migrate(&mut db, 4).unwrap();
+        db.execute_batch(&format!(
+            r#"INSERT INTO clients VALUES (5, '{token}', 'ann');
+               INSERT INTO mailboxes VALUES ('ann', 0, 1, 1, 0, 1);
+               INSERT INTO deliveries VALUES
+                   (1, '{{"type":"notification","data":"kept"}}', '[["ann",1]]');
+               INSERT INTO presence VALUES ('ann', 'online', 1);
+               INSERT OR REPLACE INTO counters VALUES ('presence_version', 1),
+                   ('last_client_id', 5), ('last_delivery_id', 1);"#
+        ))
+        .unwrap();
+    }
+    assert_eq!(
+        files_containing(&dir, token).len(),
+        1,
+        "the fixture holds it"
+    );
+    let node = Node::start(&dir, &[]);
+    let (cursor, events) = node.poll(token, 0).await.unwrap();
+    assert_eq!(cursor, 1);
+    assert_eq!(events[0]["data"], "kept");
+    node.terminate();
+    assert_eq!(files_containing(&dir, token), Vec::<String>::new());
+    let db = rusqlite::Connection::open(dir.join("parlor.db")).unwrap();
+    let stored: Vec<u8> = db
+        .query_row("SELECT token FROM clients WHERE id = 5", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored.len(), 32, "a SHA-256");
+    drop(db);
+    // Started again, the client is still known by its hash.
+    let node = Node::start(&dir, &[]);
+    assert!(node.poll(token, cursor).await.is_ok());
+    node.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::sweeper::{IdleQueue, SweeperAlarm};
+use crate::auth::TokenHash;
 
 /// Why a parked poll is answered before its timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +35,8 @@ pub enum Wake {
 #[derive(Debug)]
 pub struct Client {
     pub id: u64,
-    pub token: String,
+    /// What the hub keeps of the client's token (see `auth::TokenHash`).
+    pub token: TokenHash,
     pub user: String,
     /// The highest cursor the client has polled with (or was handed by
     /// /join or /sync): it has seen every event up to there, so its user's
@@ -95,7 +97,7 @@ impl Clients {
     pub fn insert(
         &mut self,
         id: u64,
-        token: String,
+        token: TokenHash,
         user: &str,
         acked: u64,
         now: Instant,

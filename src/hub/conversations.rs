@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::delivery::Committer;
 use super::membership::valid_name;
 use super::{Hub, HubResult, Refusal};
+use crate::auth::TokenHash;
 use crate::config::MAX_ROOMS;
 use crate::conversation::{dialog_id, is_dialog, Conversation, LOBBY};
 use crate::event::{Event, RemovalReason};
@@ -22,6 +23,7 @@ pub struct PublishReport {
 impl Hub {
     /// POST /dialog: the dialog with `with`, created if there is none.
     pub fn dialog(&self, token: &str, with: &str) -> HubResult<Conversation> {
+        let token = &TokenHash::of(token);
         let mut locked = self.lock_all();
         let client = locked.client_of(token)?;
         let user = locked.user_of(client, token)?;
@@ -59,6 +61,7 @@ impl Hub {
 
     /// POST /rooms/join: joins (creating if needed) the room `name`.
     pub fn join_room(&self, token: &str, name: &str) -> HubResult<Conversation> {
+        let token = &TokenHash::of(token);
         if !valid_name(name) {
             return Err(Refusal::InvalidRoomName);
         }
@@ -108,6 +111,7 @@ impl Hub {
 
     /// POST /rooms/leave.
     pub fn leave_room(&self, token: &str, conversation: &str) -> HubResult<()> {
+        let token = &TokenHash::of(token);
         let mut locked = self.lock_all();
         let client = locked.client_of(token)?;
         let user = locked.user_of(client, token)?;

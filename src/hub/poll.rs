@@ -16,6 +16,7 @@ use super::delivery::Committer;
 use super::locks::{ClientRef, Directory, Locked, Shard};
 use super::mailbox::Read;
 use super::{Hub, HubResult, Refusal};
+use crate::auth::TokenHash;
 use crate::config::{MAX_EVENTS_PER_POLL, PRESENCE_CHANGES_PER_POLL};
 use crate::event::{empty_poll_body, write_poll_body, EventBytes};
 
@@ -52,6 +53,7 @@ impl Hub {
             None => poll_timeout.mul_f64(1.0 - 0.1 * jitter_fraction()),
         };
         let deadline = Instant::now() + wait;
+        let token = &TokenHash::of(token);
         loop {
             let parked = match self.read_or_park(token, cursor, !wait.is_zero())? {
                 ReadOrPark::Ready(body) => return Ok(body),
@@ -84,7 +86,12 @@ impl Hub {
 
     /// The poll path: the directory shared, the token's shard, then the
     /// user's shard; the log only if the poll changed something durable.
-    fn read_or_park(&self, token: &str, cursor: u64, may_park: bool) -> HubResult<ReadOrPark> {
+    fn read_or_park(
+        &self,
+        token: &TokenHash,
+        cursor: u64,
+        may_park: bool,
+    ) -> HubResult<ReadOrPark> {
         let now = Instant::now();
         let directory = self.directory();
         let client = self.find_client(token)?;

@@ -93,7 +93,7 @@ impl Exclusive<'_> {
                 .users
                 .get(&user)
                 .map_or(0, |online| online.mailbox.start());
-            let key = shard.clients.insert(id, token.clone(), &user, acked, now);
+            let key = shard.clients.insert(id, token, &user, acked, now);
             if let Some(online) = shard.users.get_mut(&user) {
                 online.clients.push(key);
             }

@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::locks::Shard;
 use super::{Hub, HubResult, Refusal};
+use crate::auth::TokenHash;
 use crate::config::{
     DEFAULT_HISTORY_LIMIT, MAX_CLIENT_MSG_ID_BYTES, MAX_HISTORY_LIMIT, MAX_TEXT_BYTES,
 };
@@ -33,6 +34,7 @@ impl Hub {
         text: &str,
         client_msg_id: Option<&str>,
     ) -> HubResult<Message> {
+        let token = &TokenHash::of(token);
         if text.is_empty() || text.len() > MAX_TEXT_BYTES {
             return Err(Refusal::InvalidText);
         }
@@ -110,6 +112,7 @@ impl Hub {
         before: Option<u64>,
         limit: Option<usize>,
     ) -> HubResult<Vec<Message>> {
+        let token = &TokenHash::of(token);
         let limit = limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
         if limit == 0 || limit > MAX_HISTORY_LIMIT {
             return Err(Refusal::InvalidHistoryLimit);

@@ -19,6 +19,7 @@ use std::fmt;
 
 use tokio::sync::{oneshot, watch};
 
+use crate::auth::TokenHash;
 use crate::event::{EventBytes, Message, Status};
 
 /// A store failure: the request fails and the server stays up.
@@ -62,9 +63,10 @@ pub enum Change {
         id: String,
     },
     Message(Message),
+    /// A client process opened; only its token's hash is kept.
     ClientOpened {
         id: u64,
-        token: String,
+        token: TokenHash,
         user: String,
     },
     ClientClosed {
@@ -137,8 +139,8 @@ pub struct StoredMailbox {
 pub struct Snapshot {
     pub rooms: Vec<StoredRoom>,
     pub dialogs: Vec<(String, [String; 2])>,
-    /// (client id, token, user)
-    pub clients: Vec<(u64, String, String)>,
+    /// (client id, token hash, user)
+    pub clients: Vec<(u64, TokenHash, String)>,
     pub mailboxes: Vec<StoredMailbox>,
     /// (user, status, version)
     pub presence: Vec<(String, Status, u64)>,

@@ -116,7 +116,7 @@ fn apply(
         Change::ClientOpened { id, token, user } => {
             execute(
                 "INSERT OR REPLACE INTO clients (id, token, user) VALUES (?1, ?2, ?3)",
-                &[id, token, user],
+                &[id, &&token.as_bytes()[..], user],
             )?;
             bump_counter(transaction, "last_client_id", *id)
         }

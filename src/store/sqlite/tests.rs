@@ -9,6 +9,7 @@ use rusqlite::Connection;
 use super::apply::unix_millis;
 use super::writer::DELIVERIES_PER_DELETE;
 use super::{SqliteOptions, SqliteStore, DATABASE_FILE};
+use crate::auth::TokenHash;
 use crate::config::SyncMode;
 use crate::event::{EventBytes, Message, Status};
 use crate::store::{Change, Store};
@@ -77,7 +78,7 @@ fn what_is_submitted_is_there_after_reopening() {
             vec![
                 Change::ClientOpened {
                     id: 7,
-                    token: "t7".into(),
+                    token: TokenHash::of("t7"),
                     user: "ann".into(),
                 },
                 Change::MailboxOpened {
@@ -132,7 +133,7 @@ fn what_is_submitted_is_there_after_reopening() {
     let snapshot = store.load().unwrap();
     assert_eq!(
         snapshot.clients,
-        vec![(7, "t7".to_owned(), "ann".to_owned())]
+        vec![(7, TokenHash::of("t7"), "ann".to_owned())]
     );
     let mut mailboxes = snapshot.mailboxes.clone();
     mailboxes.sort_by(|a, b| a.user.cmp(&b.user));
