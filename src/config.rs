@@ -102,6 +102,16 @@ pub struct Config {
     #[arg(long, env = "PARLOR_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// File holding the admin token (a trailing newline is trimmed), read
+    /// at start, so the secret shows neither in `ps` nor in the environment.
+    #[arg(
+        long,
+        env = "PARLOR_ADMIN_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "admin_token"
+    )]
+    pub admin_token_file: Option<PathBuf>,
+
     /// Directory of the browser client's static files.
     #[arg(long, env = "PARLOR_PUBLIC_DIR", default_value_os_t = default_public_dir())]
     pub public_dir: PathBuf,
@@ -141,6 +151,35 @@ impl Config {
     /// Defaults suited to tests and embedding: an ephemeral store on any free port.
     pub fn for_tests() -> Config {
         Config::parse_from(["parlor", "--listen", "127.0.0.1:0", "--ephemeral"])
+    }
+}
+
+impl Config {
+    /// Reads `--admin-token-file` into `admin_token` (the binary calls this
+    /// before `Server::open`). A file that cannot be read or holds only a
+    /// newline is an error: a server started without the publishing its
+    /// operator meant to enable would fail later and more quietly.
+    pub fn read_admin_token_file(&mut self) -> Result<(), String> {
+        let Some(path) = self.admin_token_file.take() else {
+            return Ok(());
+        };
+        if self.admin_token.is_some() {
+            return Err("give --admin-token or --admin-token-file, not both".into());
+        }
+        let text = std::fs::read_to_string(&path).map_err(|error| {
+            format!(
+                "cannot read the admin token file {}: {error}",
+                path.display()
+            )
+        })?;
+        let token = text.strip_suffix('\n').map_or(text.as_str(), |line| {
+            line.strip_suffix('\r').unwrap_or(line)
+        });
+        if token.is_empty() {
+            return Err(format!("the admin token file {} is empty", path.display()));
+        }
+        self.admin_token = Some(token.to_owned());
+        Ok(())
     }
 }
 

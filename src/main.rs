@@ -16,7 +16,11 @@ use parlor::{Config, Server};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let mut config = Config::parse();
+    if let Err(error) = config.read_admin_token_file() {
+        eprintln!("parlor: {error}");
+        return ExitCode::FAILURE;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

@@ -380,3 +380,84 @@ async fn sigterm_answers_parked_polls_and_exits_cleanly() {
     let closed = tokio::time::timeout(Duration::from_secs(2), idle.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "the idle connection stayed open after exit");
 }
+
+/// The status of a POST /api/publish to nobody with `Authorization: Bearer
+/// {bearer}`.
+async fn publish_status(addr: SocketAddr, bearer: &str) -> u16 {
+    let body = r#"{"users":[],"data":"x"}"#;
+    let request = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Authorization: Bearer {bearer}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(addr).await.expect("connect to parlor");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    parse(&response).0
+}
+
+#[tokio::test]
+async fn the_admin_token_can_come_from_a_file() {
+    let dir = std::env::temp_dir().join(format!("parlor-admin-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("admin-token");
+    std::fs::write(&file, "s3cret-from-file\n").unwrap();
+    let file_arg = file.to_str().unwrap();
+    let listen = ["--listen", "127.0.0.1:0", "--ephemeral"];
+
+    let mut server = start(
+        parlor(),
+        &[&listen[..], &["--admin-token-file", file_arg]].concat(),
+    )
+    .await;
+    // The file's newline is not part of the token.
+    assert_eq!(publish_status(server.addr, "s3cret-from-file").await, 200);
+    assert_eq!(publish_status(server.addr, "wrong").await, 401);
+    server.child.start_kill().unwrap();
+    let _ = tokio::time::timeout(PATIENCE, server.child.wait()).await;
+
+    // The environment names the file as well as the flag does.
+    let mut command = parlor();
+    command.env("PARLOR_ADMIN_TOKEN_FILE", &file);
+    let mut server = start(command, &listen).await;
+    assert_eq!(publish_status(server.addr, "s3cret-from-file").await, 200);
+    server.child.start_kill().unwrap();
+    let _ = tokio::time::timeout(PATIENCE, server.child.wait()).await;
+
+    // What cannot give a token stops the start with a reason.
+    let empty = dir.join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let missing = dir.join("missing");
+    for (args, reason) in [
+        (
+            vec!["--admin-token-file", empty.to_str().unwrap()],
+            "is empty",
+        ),
+        (
+            vec!["--admin-token-file", missing.to_str().unwrap()],
+            "cannot read the admin token file",
+        ),
+        (
+            vec!["--admin-token-file", file_arg, "--admin-token", "x"],
+            "cannot be used with",
+        ),
+    ] {
+        let (status, _, stderr) = run_to_exit(parlor(), &[&listen[..], &args].concat()).await;
+        assert!(!status.success(), "{args:?} started");
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+    }
+    let mut command = parlor();
+    command.env("PARLOR_ADMIN_TOKEN", "x");
+    let (status, _, stderr) = run_to_exit(
+        command,
+        &[&listen[..], &["--admin-token-file", file_arg]].concat(),
+    )
+    .await;
+    assert!(
+        !status.success(),
+        "a token from the environment and a file: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
