@@ -55,6 +55,11 @@ pub const MAX_PUBLISH_USERS: usize = 10_000;
 /// Password hashes computed at once. Argon2 costs ~19 MiB and tens of ms
 /// each, so a burst of /join must queue rather than exhaust memory and CPU.
 pub const MAX_CONCURRENT_PASSWORD_HASHES: usize = 4;
+/// Threads (each with its own SQLite connection) that run the store reads
+/// requests make: /history, a login's account look-up, a retried
+/// `client_msg_id`. Reads beyond them queue (one per request in flight); a
+/// read waiting for the disk holds one of these, never an async worker.
+pub const STORE_READER_THREADS: usize = 2;
 
 /// How hard each commit is pushed to disk (`--sync`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -188,7 +188,7 @@ async fn route(
         Endpoint::Status => api::session::set_status(hub, Params::read(request).await?),
         Endpoint::Users => api::session::users(hub, Params::read(request).await?),
         Endpoint::Send => api::conversations::send(hub, Params::read(request).await?).await,
-        Endpoint::History => api::conversations::history(hub, Params::read(request).await?),
+        Endpoint::History => api::conversations::history(hub, Params::read(request).await?).await,
         Endpoint::Dialog => api::conversations::dialog(hub, Params::read(request).await?),
         Endpoint::RoomsJoin => api::conversations::join_room(hub, Params::read(request).await?),
         Endpoint::RoomsLeave => api::conversations::leave_room(hub, Params::read(request).await?),

@@ -79,7 +79,7 @@ impl Hub {
     async fn check_password(&self, name: &str, password: &str) -> HubResult<()> {
         let store = &self.shared.store;
         let hasher = &self.shared.hasher;
-        let stored = match store.password_hash(name)? {
+        let stored = match store.password_hash(name).await? {
             Some(stored) => stored,
             None => {
                 let hash = hasher.hash(password).await;
@@ -90,7 +90,7 @@ impl Hub {
                     return Ok(());
                 }
                 // Another /join claimed the name while we hashed.
-                store.password_hash(name)?.ok_or_else(|| {
+                store.password_hash(name).await?.ok_or_else(|| {
                     StoreError(format!("account `{name}` vanished after being claimed"))
                 })?
             }

@@ -62,7 +62,7 @@ impl Hub {
                 return Ok(first);
             }
             // The store reads only what is durable.
-            if let Some(first) = self.shared.store.find_sent(&user, id)? {
+            if let Some(first) = self.shared.store.find_sent(&user, id).await? {
                 return Ok(first);
             }
         }
@@ -105,7 +105,7 @@ impl Hub {
     }
 
     /// GET /history: a page of a conversation's messages, members only.
-    pub fn history(
+    pub async fn history(
         &self,
         token: &str,
         conversation: &str,
@@ -124,7 +124,11 @@ impl Hub {
             let user = locked.user_of(client, token)?;
             locked.dir.require_member(conversation, &user)?;
         }
-        Ok(self.shared.store.history(conversation, before, limit)?)
+        Ok(self
+            .shared
+            .store
+            .history(conversation, before, limit)
+            .await?)
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use tokio::sync::{oneshot, watch};
 
-use super::{Change, Snapshot, Store, StoreResult, StoredRoom};
+use super::{Change, Reply, Snapshot, Store, StoreResult, StoredRoom};
 use crate::event::Message;
 
 #[derive(Debug)]
@@ -57,8 +57,8 @@ impl Store for MemoryStore {
         })
     }
 
-    fn password_hash(&self, name: &str) -> StoreResult<Option<String>> {
-        Ok(self.inner().accounts.get(name).cloned())
+    fn password_hash(&self, name: &str) -> Reply<Option<String>> {
+        Reply::ready(Ok(self.inner().accounts.get(name).cloned()))
     }
 
     fn create_account(
@@ -78,13 +78,12 @@ impl Store for MemoryStore {
         answer
     }
 
-    fn find_sent(&self, from: &str, client_msg_id: &str) -> StoreResult<Option<Message>> {
+    fn find_sent(&self, from: &str, client_msg_id: &str) -> Reply<Option<Message>> {
         let inner = self.inner();
         let key = (from.to_owned(), client_msg_id.to_owned());
-        Ok(inner
-            .sent_ids
-            .get(&key)
-            .map(|(conversation, index)| inner.messages[conversation][*index].clone()))
+        Reply::ready(Ok(inner.sent_ids.get(&key).map(|(conversation, index)| {
+            inner.messages[conversation][*index].clone()
+        })))
     }
 
     fn history(
@@ -92,10 +91,10 @@ impl Store for MemoryStore {
         conversation: &str,
         before: Option<u64>,
         limit: usize,
-    ) -> StoreResult<Vec<Message>> {
+    ) -> Reply<Vec<Message>> {
         let inner = self.inner();
         let Some(list) = inner.messages.get(conversation) else {
-            return Ok(Vec::new());
+            return Reply::ready(Ok(Vec::new()));
         };
         // Ids increase along the list, so `before` is a binary search.
         let end = match before {
@@ -103,7 +102,7 @@ impl Store for MemoryStore {
             None => list.len(),
         };
         let start = end.saturating_sub(limit);
-        Ok(list[start..end].to_vec())
+        Reply::ready(Ok(list[start..end].to_vec()))
     }
 
     fn submit(&self, ticket: u64, changes: Vec<Change>) {
@@ -167,14 +166,17 @@ mod tests {
         }
         store.submit(11, vec![message(11, "once", Some("x1"))]);
         assert_eq!(*store.durable().borrow(), 11);
-        assert_eq!(store.find_sent("ann", "x1").unwrap().unwrap().id, 11);
-        assert!(store.find_sent("bob", "x1").unwrap().is_none());
+        assert_eq!(store.find_sent("ann", "x1").wait().unwrap().unwrap().id, 11);
+        assert!(store.find_sent("bob", "x1").wait().unwrap().is_none());
 
-        let page = store.history("lobby", None, 3).unwrap();
+        let page = store.history("lobby", None, 3).wait().unwrap();
         let texts: Vec<_> = page.iter().map(|m| m.text.as_str()).collect();
         assert_eq!(texts, ["9", "10", "once"]);
-        let older = store.history("lobby", Some(page[0].id), 100).unwrap();
+        let older = store
+            .history("lobby", Some(page[0].id), 100)
+            .wait()
+            .unwrap();
         assert_eq!(older.len(), 8);
-        assert!(store.history("nowhere", None, 5).unwrap().is_empty());
+        assert!(store.history("nowhere", None, 5).wait().unwrap().is_empty());
     }
 }
