@@ -662,13 +662,12 @@ async fn an_acknowledged_send_is_readable_by_the_very_next_poll() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_2_database_with_live_clients_is_migrated_and_they_resume() {
     let dir = data_dir("migrate-v2");
-    std::fs::create_dir_all(&dir).unwrap();
     let token = "0123456789abcdef0123456789abcdef01234567";
-    {
-        // Schema 2 kept one row per mailbox event.
-        let mut db = rusqlite::Connection::open(dir.join("parlor.db")).unwrap();
-        parlor::store::sqlite::migrate(&mut db, 2).unwrap();
-        db.execute_batch(&format!(
+    // Schema 2 kept one row per mailbox event.
+    old_database(
+        &dir,
+        2,
+        &format!(
             r#"INSERT INTO clients VALUES (5, '{token}', 'ann');
                INSERT INTO mailboxes VALUES ('ann', 0, 1); -- has seen presence version 1
                INSERT INTO mailbox_events VALUES
@@ -677,9 +676,8 @@ async fn a_schema_2_database_with_live_clients_is_migrated_and_they_resume() {
                    ('ann', 3, '{{"type":"notification","data":"three"}}');
                INSERT INTO presence VALUES ('ann', 'online', 1);
                INSERT INTO counters VALUES ('presence_version', 1), ('last_client_id', 5);"#
-        ))
-        .unwrap();
-    }
+        ),
+    );
     let node = Node::start(&dir, &[]);
     // The client polls on from cursor 1 as if nothing happened.
     let (cursor, events) = node.poll(token, 1).await.unwrap();
@@ -846,6 +844,14 @@ async fn a_join_storm_stores_no_presence_copies_and_readers_resume_after_restart
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A database in `dir` at schema `version`, holding what `rows` inserts.
+fn old_database(dir: &Path, version: u32, rows: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut db = rusqlite::Connection::open(dir.join("parlor.db")).unwrap();
+    parlor::store::sqlite::migrate(&mut db, version).unwrap();
+    db.execute_batch(rows).unwrap();
+}
+
 /// Names of the files in `dir` whose bytes contain `needle` anywhere.
 fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
     let needle = needle.as_bytes();
@@ -895,13 +901,12 @@ async fn tokens_are_stored_only_hashed_and_keep_working_after_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_4_database_with_raw_tokens_is_migrated_and_its_clients_resume() {
     let dir = data_dir("migrate-v4");
-    std::fs::create_dir_all(&dir).unwrap();
     let token = "89abcdef0123456789abcdef0123456789abcdef";
-    {
-        // Schema 4 kept each client's token as it was handed out.
-        let mut db = rusqlite::Connection::open(dir.join("parlor.db")).unwrap();
-        parlor::store::sqlite::migrate(&mut db, 4).unwrap();
-        db.execute_batch(&format!(
+    // Schema 4 kept each client's token as it was handed out.
+    old_database(
+        &dir,
+        4,
+        &format!(
             r#"INSERT INTO clients VALUES (5, '{token}', 'ann');
                INSERT INTO mailboxes VALUES ('ann', 0, 1, 1, 0, 1);
                INSERT INTO deliveries VALUES
@@ -909,9 +914,8 @@ async fn a_schema_4_database_with_raw_tokens_is_migrated_and_its_clients_resume(
                INSERT INTO presence VALUES ('ann', 'online', 1);
                INSERT OR REPLACE INTO counters VALUES ('presence_version', 1),
                    ('last_client_id', 5), ('last_delivery_id', 1);"#
-        ))
-        .unwrap();
-    }
+        ),
+    );
     assert_eq!(
         files_containing(&dir, token).len(),
         1,
