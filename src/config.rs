@@ -135,6 +135,20 @@ pub struct Config {
     /// A connection must send a request's headers within this long, or it is closed.
     #[arg(long, env = "PARLOR_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
+
+    /// How log lines on stderr are written: `text` for people, `json` (one object per line) for
+    /// log collectors. Levels come from RUST_LOG (default `info`).
+    #[arg(long, env = "PARLOR_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// The shape of log lines on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; coloured only when stderr is a terminal.
+    Text,
+    /// One JSON object per line, never coloured.
+    Json,
 }
 
 impl Config {
