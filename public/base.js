@@ -29,6 +29,13 @@
  *   data) only ever reaches the page through document.createTextNode or an
  *   attribute set with setAttribute: never innerHTML. A name or id from the
  *   server is a key only in a Dict, never of a plain object.
+ *
+ * # Content-Security-Policy
+ *   The server sends the page a policy without 'unsafe-inline' or
+ *   'unsafe-eval' (src/http/static_files.rs). So: no inline script or
+ *   on...= handler in index.html, no style= attribute in markup (setting
+ *   node.style.x from script is fine), no eval, new Function or string
+ *   given to setTimeout. The browser would refuse them.
  */
 (function () {
   'use strict';
