@@ -136,6 +136,11 @@ pub struct Config {
     #[arg(long, env = "PARLOR_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
 
+    /// An origin whose pages may call the API from the browser (CORS), e.g.
+    /// `https://app.example.com`, or `*` for any; repeatable. Others get no CORS headers.
+    #[arg(long, env = "PARLOR_ALLOW_ORIGIN", value_delimiter = ',')]
+    pub allow_origin: Vec<String>,
+
     /// How log lines on stderr are written: `text` for people, `json` (one object per line) for
     /// log collectors. Levels come from RUST_LOG (default `info`).
     #[arg(long, env = "PARLOR_LOG_FORMAT", value_enum, default_value = "text")]
