@@ -386,6 +386,16 @@ async fn sigterm_answers_parked_polls_and_exits_cleanly() {
     assert!(closed.is_ok(), "the idle connection stayed open after exit");
 }
 
+/// SIGTERM, and the exit status must be success.
+async fn stop_cleanly(server: &mut Running) {
+    kill_term(&server.child);
+    let status = tokio::time::timeout(PATIENCE, server.child.wait())
+        .await
+        .expect("parlor exits after SIGTERM")
+        .expect("the exit status is readable");
+    assert!(status.success(), "exit after SIGTERM: {status}");
+}
+
 /// Runs a server with `args` through one join and a SIGTERM, and returns
 /// everything it logged (stderr is a pipe, as under systemd or docker).
 async fn log_of_a_short_run(args: &[&str]) -> String {
@@ -399,12 +409,7 @@ async fn log_of_a_short_run(args: &[&str]) -> String {
         log
     });
     join(server.addr, "ann").await;
-    kill_term(&server.child);
-    let status = tokio::time::timeout(PATIENCE, server.child.wait())
-        .await
-        .expect("parlor exits after SIGTERM")
-        .expect("the exit status is readable");
-    assert!(status.success(), "exit after SIGTERM: {status}");
+    stop_cleanly(&mut server).await;
     tokio::time::timeout(PATIENCE, log)
         .await
         .expect("the log ends with the process")
@@ -476,12 +481,7 @@ async fn the_shipped_systemd_unit_starts_parlor_and_stops_it_cleanly() {
     assert!(args.contains(&"--data-dir"), "{args:?}");
     let mut server = start(parlor(), &args).await;
     join(server.addr, "ann").await;
-    kill_term(&server.child);
-    let status = tokio::time::timeout(PATIENCE, server.child.wait())
-        .await
-        .expect("parlor exits after SIGTERM")
-        .expect("the exit status is readable");
-    assert!(status.success(), "exit after SIGTERM: {status}");
+    stop_cleanly(&mut server).await;
     assert!(
         data_dir.join("parlor.db").exists(),
         "no database in {data_dir:?}"
