@@ -21,14 +21,15 @@
 mod support;
 
 use std::cell::Cell;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode};
 use hyper::StatusCode;
-use support::{median, record, Bench, Conn, Cursor, Joined, MEANS, TEXT};
+use support::{
+    connect, healthz_batch, median, record, Answer, Bench, Cursor, Joined, Target, MEANS, TEXT,
+};
 use tokio::sync::{watch, Notify};
 
 /// Parked polls in the room, one stage each.
@@ -45,19 +46,23 @@ struct Arrivals {
 /// answers that carry a message; stops (dropping its connection, so the
 /// server unparks it) when `stop` flips.
 async fn poller(
-    addr: SocketAddr,
+    target: Target,
     token: String,
     mut cursor: u64,
     arrivals: Arc<Arrivals>,
     mut stop: watch::Receiver<bool>,
 ) -> u64 {
-    let mut conn = Conn::open(addr).await;
+    let mut conn = connect(&target).await;
     loop {
         let answer = tokio::select! {
             answer = conn.get(format!("/poll?token={token}&cursor={cursor}")) => answer,
             _ = stop.changed() => return cursor,
         };
-        let Ok((StatusCode::OK, body)) = answer else {
+        let Ok(Answer {
+            status: StatusCode::OK,
+            body,
+        }) = answer
+        else {
             return cursor;
         };
         cursor = serde_json::from_slice::<Cursor>(&body).map_or(cursor, |c| c.cursor);
@@ -76,8 +81,8 @@ fn fanout(c: &mut Criterion) {
         .join_all(vec!["sender".to_owned()])
         .pop()
         .expect("the sender joined");
-    let sender_conn = Cell::new(Some(bench.client.block_on(Conn::open(bench.addr))));
-    let floor_conn = Cell::new(Some(bench.client.block_on(Conn::open(bench.addr))));
+    let sender_conn = Cell::new(Some(bench.client.block_on(connect(&bench.target))));
+    let floor_conn = Cell::new(Some(bench.client.block_on(connect(&bench.target))));
     let mut users: Vec<Joined> = Vec::new();
     let mut stop_previous: Option<(watch::Sender<bool>, Vec<tokio::task::JoinHandle<u64>>)> = None;
 
@@ -111,7 +116,7 @@ fn fanout(c: &mut Criterion) {
             .iter()
             .map(|user| {
                 bench.client.spawn(poller(
-                    bench.addr,
+                    bench.target.clone(),
                     user.token.clone(),
                     user.cursor,
                     arrivals.clone(),
@@ -130,14 +135,7 @@ fn fanout(c: &mut Criterion) {
                     let (floor, name) = (&floor_conn, floor_name.clone());
                     async move {
                         let mut conn = floor.take().expect("the floor connection is back");
-                        let mut total = Duration::ZERO;
-                        for _ in 0..iters {
-                            let started = Instant::now();
-                            let (status, _) =
-                                conn.get("/healthz".to_owned()).await.expect("/healthz");
-                            total += started.elapsed();
-                            assert_eq!(status, StatusCode::OK);
-                        }
+                        let total = healthz_batch(&mut conn, iters).await;
                         floor.set(Some(conn));
                         record(&name, total, iters);
                         total
@@ -178,7 +176,7 @@ fn fanout(c: &mut Criterion) {
                                 ),
                                 tokio::time::timeout(Duration::from_secs(30), all)
                             );
-                            assert_eq!(sent.expect("/send answers").0, StatusCode::OK);
+                            assert_eq!(sent.expect("/send answers").status, StatusCode::OK);
                             total +=
                                 done.expect("every poller got the message within 30 s") - started;
                         }

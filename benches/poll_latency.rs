@@ -23,13 +23,15 @@
 mod support;
 
 use std::cell::Cell;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
 use hyper::StatusCode;
-use support::{median, record, Bench, Conn, Cursor, Joined, MEANS, TEXT};
+use support::{
+    connect, healthz_batch, median, record, Answer, Bench, Conn, Cursor, Joined, Target, MEANS,
+    TEXT,
+};
 
 /// Polls parked besides the measured receiver's, one stage each.
 const PARKED: [usize; 3] = [0, 1_000, 5_000];
@@ -40,11 +42,15 @@ fn poll_uri(token: &str, cursor: u64) -> String {
 
 /// Keeps one poll parked for a user, re-polling after every answer (the
 /// first answers catch up on presence), until its connection is dropped.
-async fn park_forever(addr: SocketAddr, user: Joined) {
-    let mut conn = Conn::open(addr).await;
+async fn park_forever(target: Target, user: Joined) {
+    let mut conn = connect(&target).await;
     let mut cursor = user.cursor;
     loop {
-        let Ok((StatusCode::OK, body)) = conn.get(poll_uri(&user.token, cursor)).await else {
+        let Ok(Answer {
+            status: StatusCode::OK,
+            body,
+        }) = conn.get(poll_uri(&user.token, cursor)).await
+        else {
             return;
         };
         cursor = serde_json::from_slice::<Cursor>(&body).map_or(cursor, |c| c.cursor);
@@ -73,27 +79,27 @@ fn poll_latency(c: &mut Criterion) {
     let mut others: Vec<Joined> = users.collect();
 
     let pair = bench.client.block_on(async {
-        let mut sender_conn = Conn::open(bench.addr).await;
-        let (status, body) = sender_conn
+        let mut sender_conn = connect(&bench.target).await;
+        let answer = sender_conn
             .post("/dialog", format!("token={}&with=u1", sender.token))
             .await
             .expect("/dialog answers");
-        assert_eq!(status, StatusCode::OK, "/dialog");
+        assert_eq!(answer.status, StatusCode::OK, "/dialog");
         let answer: serde_json::Value =
-            serde_json::from_slice(&body).expect("/dialog answers JSON");
+            serde_json::from_slice(&answer.body).expect("/dialog answers JSON");
         let dialog = answer["conversation"]["id"]
             .as_str()
             .expect("a dialog id")
             .to_owned();
-        let mut receiver_conn = Conn::open(bench.addr).await;
+        let mut receiver_conn = connect(&bench.target).await;
         // Catch up (presence, conversation_added) so the next poll parks.
         let mut cursor = receiver.cursor;
         loop {
-            let (_, body) = receiver_conn
+            let answer = receiver_conn
                 .get(format!("{}&timeout=0", poll_uri(&receiver.token, cursor)))
                 .await
                 .expect("/poll answers");
-            let next = serde_json::from_slice::<Cursor>(&body)
+            let next = serde_json::from_slice::<Cursor>(&answer.body)
                 .expect("a poll answer")
                 .cursor;
             if next == cursor {
@@ -104,7 +110,7 @@ fn poll_latency(c: &mut Criterion) {
         Pair {
             sender: sender_conn,
             receiver: receiver_conn,
-            floor: Conn::open(bench.addr).await,
+            floor: connect(&bench.target).await,
             sender_token: sender.token,
             receiver_token: receiver.token,
             dialog: dialog.replace(':', "%3A"),
@@ -120,7 +126,7 @@ fn poll_latency(c: &mut Criterion) {
     for parked in PARKED {
         // Park more polls up to this stage's count.
         for user in others.drain(..parked - parked_now) {
-            bench.client.spawn(park_forever(bench.addr, user));
+            bench.client.spawn(park_forever(bench.target.clone(), user));
         }
         parked_now = parked;
         bench.wait_parked(parked);
@@ -134,17 +140,7 @@ fn poll_latency(c: &mut Criterion) {
                     let name = floor_name.clone();
                     async move {
                         let mut taken = pair.take().expect("the pair is back");
-                        let mut total = Duration::ZERO;
-                        for _ in 0..iters {
-                            let started = Instant::now();
-                            let (status, _) = taken
-                                .floor
-                                .get("/healthz".to_owned())
-                                .await
-                                .expect("/healthz");
-                            total += started.elapsed();
-                            assert_eq!(status, StatusCode::OK);
-                        }
+                        let total = healthz_batch(&mut taken.floor, iters).await;
                         pair.set(Some(taken));
                         record(&name, total, iters);
                         total
@@ -170,7 +166,7 @@ fn poll_latency(c: &mut Criterion) {
                         loop {
                             tokio::select! {
                                 biased;
-                                answer = &mut poll => panic!("the poll was answered before the send: {:?}", answer.map(|a| a.1)),
+                                answer = &mut poll => panic!("the poll was answered before the send: {:?}", answer.map(|a| a.body)),
                                 _ = tokio::task::yield_now() => {}
                             }
                             if hub.stats().parked_polls > parked {
@@ -190,11 +186,11 @@ fn poll_latency(c: &mut Criterion) {
                             },
                             pair.sender.post("/send", form)
                         );
-                        let ((status, body), at) = (woken.0.expect("/poll answers"), woken.1);
+                        let (answer, at) = (woken.0.expect("/poll answers"), woken.1);
                         total += at - started;
-                        assert_eq!(status, StatusCode::OK);
-                        assert_eq!(sent.expect("/send answers").0, StatusCode::OK);
-                        pair.cursor = serde_json::from_slice::<Cursor>(&body).expect("a poll answer").cursor;
+                        assert_eq!(answer.status, StatusCode::OK);
+                        assert_eq!(sent.expect("/send answers").status, StatusCode::OK);
+                        pair.cursor = serde_json::from_slice::<Cursor>(&answer.body).expect("a poll answer").cursor;
                     }
                     cell.set(Some(taken));
                     record(&name, total, iters);
