@@ -27,9 +27,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode};
 use hyper::StatusCode;
-use support::{
-    connect, healthz_batch, median, record, Answer, Bench, Cursor, Joined, Target, MEANS, TEXT,
-};
+use support::{bench_floor, connect, medians, record, Answer, Bench, Cursor, Joined, Target, TEXT};
 use tokio::sync::{watch, Notify};
 
 /// Parked polls in the room, one stage each.
@@ -127,21 +125,11 @@ fn fanout(c: &mut Criterion) {
         stop_previous = Some((stop, tasks));
         bench.wait_parked(size);
 
-        let floor_name = format!("floor_healthz/room={size}");
-        group.bench_function(
-            BenchmarkId::new("floor_healthz", format!("room={size}")),
-            |b| {
-                b.to_async(&bench.client).iter_custom(|iters| {
-                    let (floor, name) = (&floor_conn, floor_name.clone());
-                    async move {
-                        let mut conn = floor.take().expect("the floor connection is back");
-                        let total = healthz_batch(&mut conn, iters).await;
-                        floor.set(Some(conn));
-                        record(&name, total, iters);
-                        total
-                    }
-                })
-            },
+        bench_floor(
+            &mut group,
+            &bench.client,
+            &format!("room={size}"),
+            &floor_conn,
         );
 
         let name = format!("last_poller/room={size}");
@@ -191,22 +179,18 @@ fn fanout(c: &mut Criterion) {
     group.finish();
 
     println!("\nfanout: time until the last poller has the message (medians of batch means)");
-    MEANS.with(|means| {
-        let means = means.borrow();
-        for size in ROOM_SIZES {
-            let floor = means.get(&format!("floor_healthz/room={size}")).map(|v| median(v));
-            let last = means.get(&format!("last_poller/room={size}")).map(|v| median(v));
-            if let (Some(floor), Some(last)) = (floor, last) {
-                println!(
-                    "  room={size:<5} floor {:>6.1} µs   last poller {:>8.2} ms   = {:>6.0} floors   {:.2} µs per poll",
-                    floor / 1e3,
-                    last / 1e6,
-                    last / floor,
-                    last / 1e3 / size as f64
-                );
-            }
+    for size in ROOM_SIZES {
+        let floor = format!("floor_healthz/room={size}");
+        if let Some((floor, last)) = medians(&floor, &format!("last_poller/room={size}")) {
+            println!(
+                "  room={size:<5} floor {:>6.1} µs   last poller {:>8.2} ms   = {:>6.0} floors   {:.2} µs per poll",
+                floor / 1e3,
+                last / 1e6,
+                last / floor,
+                last / 1e3 / size as f64
+            );
         }
-    });
+    }
     drop(stop_previous);
     drop(bench);
 }

@@ -29,8 +29,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion};
 use hyper::StatusCode;
 use support::{
-    connect, healthz_batch, median, record, Answer, Bench, Conn, Cursor, Joined, Target, MEANS,
-    TEXT,
+    bench_floor, connect, medians, record, Answer, Bench, Conn, Cursor, Joined, Target, TEXT,
 };
 
 /// Polls parked besides the measured receiver's, one stage each.
@@ -61,7 +60,6 @@ async fn park_forever(target: Target, user: Joined) {
 struct Pair {
     sender: Conn,
     receiver: Conn,
-    floor: Conn,
     sender_token: String,
     receiver_token: String,
     dialog: String,
@@ -110,7 +108,6 @@ fn poll_latency(c: &mut Criterion) {
         Pair {
             sender: sender_conn,
             receiver: receiver_conn,
-            floor: connect(&bench.target).await,
             sender_token: sender.token,
             receiver_token: receiver.token,
             dialog: dialog.replace(':', "%3A"),
@@ -120,6 +117,7 @@ fn poll_latency(c: &mut Criterion) {
     // Taken out by each measured batch and put back after (no borrow is
     // held across an await).
     let pair = Rc::new(Cell::new(Some(pair)));
+    let floor_conn = Cell::new(Some(bench.client.block_on(connect(&bench.target))));
 
     let mut group = c.benchmark_group("poll_latency");
     let mut parked_now = 0;
@@ -131,23 +129,8 @@ fn poll_latency(c: &mut Criterion) {
         parked_now = parked;
         bench.wait_parked(parked);
 
-        let floor_name = format!("floor_healthz/parked={parked}");
-        group.bench_function(
-            BenchmarkId::new("floor_healthz", format!("parked={parked}")),
-            |b| {
-                b.to_async(&bench.client).iter_custom(|iters| {
-                    let pair = pair.clone();
-                    let name = floor_name.clone();
-                    async move {
-                        let mut taken = pair.take().expect("the pair is back");
-                        let total = healthz_batch(&mut taken.floor, iters).await;
-                        pair.set(Some(taken));
-                        record(&name, total, iters);
-                        total
-                    }
-                })
-            },
-        );
+        let stage = format!("parked={parked}");
+        bench_floor(&mut group, &bench.client, &stage, &floor_conn);
 
         let wake_name = format!("wake/parked={parked}");
         let hub = bench.hub.clone();
@@ -202,25 +185,17 @@ fn poll_latency(c: &mut Criterion) {
     group.finish();
 
     println!("\npoll_latency: wake latency as a ratio to the floor (medians of batch means)");
-    MEANS.with(|means| {
-        let means = means.borrow();
-        for parked in PARKED {
-            let floor = means
-                .get(&format!("floor_healthz/parked={parked}"))
-                .map(|v| median(v));
-            let wake = means
-                .get(&format!("wake/parked={parked}"))
-                .map(|v| median(v));
-            if let (Some(floor), Some(wake)) = (floor, wake) {
-                println!(
-                    "  parked={parked:<5} floor {:>7.1} µs   wake {:>7.1} µs   wake/floor {:.2}×",
-                    floor / 1e3,
-                    wake / 1e3,
-                    wake / floor
-                );
-            }
+    for parked in PARKED {
+        let floor = format!("floor_healthz/parked={parked}");
+        if let Some((floor, wake)) = medians(&floor, &format!("wake/parked={parked}")) {
+            println!(
+                "  parked={parked:<5} floor {:>7.1} µs   wake {:>7.1} µs   wake/floor {:.2}×",
+                floor / 1e3,
+                wake / 1e3,
+                wake / floor
+            );
         }
-    });
+    }
     drop(bench);
 }
 

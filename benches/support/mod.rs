@@ -4,10 +4,12 @@
 //! the per-bench means printed as ratios after criterion's report.
 #![allow(dead_code)] // each bench uses a different part
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId};
 use hyper::StatusCode;
 pub use parlor::client::{Answer, Conn, Target};
 use parlor::hub::Hub;
@@ -30,17 +32,34 @@ pub async fn connect(target: &Target) -> Conn {
         .expect("connect to the bench server")
 }
 
-/// `iters` bare `GET /healthz` round trips on `conn`: the floor the
-/// end-to-end benches compare with. Returns their total time.
-pub async fn healthz_batch(conn: &mut Conn, iters: u64) -> Duration {
-    let mut total = Duration::ZERO;
-    for _ in 0..iters {
-        let started = Instant::now();
-        let answer = conn.get("/healthz".to_owned()).await.expect("/healthz");
-        total += started.elapsed();
-        assert_eq!(answer.status, StatusCode::OK);
-    }
-    total
+/// Benches `floor_healthz/<stage>`: bare `GET /healthz` round trips on
+/// `conn` (taken out for each batch and put back), the floor that the
+/// stage's other benches are compared with.
+pub fn bench_floor(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    client: &Runtime,
+    stage: &str,
+    conn: &Cell<Option<Conn>>,
+) {
+    let name = format!("floor_healthz/{stage}");
+    group.bench_function(BenchmarkId::new("floor_healthz", stage), |b| {
+        b.to_async(client).iter_custom(|iters| {
+            let name = &name;
+            async move {
+                let mut taken = conn.take().expect("the floor connection is back");
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let started = Instant::now();
+                    let answer = taken.get("/healthz".to_owned()).await.expect("/healthz");
+                    total += started.elapsed();
+                    assert_eq!(answer.status, StatusCode::OK);
+                }
+                conn.set(Some(taken));
+                record(name, total, iters);
+                total
+            }
+        })
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -168,7 +187,7 @@ pub async fn join(conn: &mut Conn, name: &str) -> Joined {
 
 thread_local! {
     /// Mean nanoseconds per iteration of every measured batch, by bench name.
-    pub static MEANS: RefCell<BTreeMap<String, Vec<f64>>> = const { RefCell::new(BTreeMap::new()) };
+    static MEANS: RefCell<BTreeMap<String, Vec<f64>>> = const { RefCell::new(BTreeMap::new()) };
 }
 
 pub fn record(name: &str, total: Duration, iters: u64) {
@@ -181,7 +200,15 @@ pub fn record(name: &str, total: Duration, iters: u64) {
     });
 }
 
-pub fn median(values: &[f64]) -> f64 {
+/// The medians of the batch means of two benches, if both ran.
+pub fn medians(a: &str, b: &str) -> Option<(f64, f64)> {
+    MEANS.with(|means| {
+        let means = means.borrow();
+        Some((median(means.get(a)?), median(means.get(b)?)))
+    })
+}
+
+fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
