@@ -134,12 +134,20 @@ impl Conn {
             }
             match conn.as_mut().poll(cx) {
                 Poll::Pending => Poll::Pending,
-                Poll::Ready(result) => {
+                Poll::Ready(Err(error)) => {
                     *closed = true;
-                    Poll::Ready(Err(match result {
-                        Ok(()) => "the server closed the connection".into(),
-                        Err(error) => error.into(),
-                    }))
+                    Poll::Ready(Err(error.into()))
+                }
+                Poll::Ready(Ok(())) => {
+                    *closed = true;
+                    // An answer with `Connection: close` ends the connection
+                    // in the same poll that hands it over: take it if whole.
+                    match work.as_mut().poll(cx) {
+                        Poll::Ready(result) => Poll::Ready(result.map_err(Error::from)),
+                        Poll::Pending => {
+                            Poll::Ready(Err("the server closed the connection".into()))
+                        }
+                    }
                 }
             }
         })
@@ -170,4 +178,63 @@ async fn connect(addr: SocketAddr) -> Result<Parts, Error> {
     stream.set_nodelay(true)?;
     let (send, conn) = http1::handshake(TokioIo::new(stream)).await?;
     Ok((send, Box::pin(conn)))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A server that answers each connection's first request with `ok`
+    /// plus `headers`, then closes it after `linger`.
+    async fn one_answer_per_connection(headers: &'static str, linger: Duration) -> Target {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let target = Target::at(listener.local_addr().expect("bound address"));
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{headers}\r\nok");
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                    tokio::time::sleep(linger).await;
+                });
+            }
+        });
+        target
+    }
+
+    async fn get_ok(conn: &mut Conn) {
+        let answer = conn.get("/healthz".to_owned()).await.expect("an answer");
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(&answer.body[..], b"ok");
+    }
+
+    #[tokio::test]
+    async fn a_connection_close_answer_is_read_and_the_next_request_reconnects() {
+        let target = one_answer_per_connection("connection: close\r\n", Duration::ZERO).await;
+        let mut conn = Conn::open(&target).await.expect("connect");
+        for _ in 0..3 {
+            get_ok(&mut conn).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_past_the_limit_is_replaced_before_the_next_request() {
+        // No `Connection: close`, and the close comes after the answer was
+        // read: the client cannot know the socket is gone.
+        let target = one_answer_per_connection("", Duration::from_millis(300)).await;
+        let mut conn = Conn::open(&target).await.expect("connect");
+        get_ok(&mut conn).await;
+        tokio::time::sleep(IDLE_REOPEN + Duration::from_millis(100)).await;
+        get_ok(&mut conn).await;
+    }
 }
