@@ -21,9 +21,10 @@
 //!   counts answers on time and late, samples the server's RSS and CPU.
 //!
 //! Cost: one thread (a current-thread runtime and a `LocalSet`), one task
-//! per poller, and each connection (`parlor::client::Conn`) is driven inside
-//! the task that uses it (no connection task, no channel hop), so the tool stays
-//! cheap next to the server it measures. Its own CPU time is reported.
+//! per poller, and each connection (`parlor::client::Conn`) is driven
+//! inside the task that uses it (no connection task, no channel hop), so
+//! the tool stays cheap next to the server it measures. Its own CPU time is
+//! reported.
 //!
 //! Bounds: every run is bounded by `--duration` (and `--max-iterations`),
 //! setup by `--setup-timeout`, the whole process by their sum plus a minute.
