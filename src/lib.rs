@@ -49,6 +49,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod conversation;
 pub mod error;
