@@ -32,6 +32,14 @@ pub const MAILBOX_CAPACITY: usize = 4096;
 pub const MAX_EVENTS_PER_POLL: usize = 256;
 /// Presence changes copied into a mailbox per poll (see `hub::presence`).
 pub const PRESENCE_CHANGES_PER_POLL: usize = 256;
+/// How long a parked poll with nothing but presence changes to answer waits
+/// for more of them before answering (`hub::poll`). Each /status, join and
+/// sweep wakes every poll that can see the user; without this, a storm of N
+/// changes costs every poller N answers and re-polls. With it, a poller is
+/// answered about once per window however many changes come. Messages and
+/// every other event are answered at once. 75 ms is below what a person
+/// notices in a status dot, and a few round trips' worth for a client.
+pub const PRESENCE_COALESCE_WINDOW: Duration = Duration::from_millis(75);
 
 /// User and room names: 1..=32 of ASCII letters, digits, `_`, `-`, `.`.
 pub const MAX_NAME_LEN: usize = 32;
