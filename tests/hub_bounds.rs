@@ -1,5 +1,6 @@
 //! Bounds on what one user, or a storm of changes, can cost everyone:
-//! presence storms answer each parked poll a bounded number of times.
+//! presence storms answer each parked poll a bounded number of times, and
+//! a room goes when its last member leaves.
 //!
 //! The presence tests drive the hub directly under tokio's paused clock:
 //! time moves only when every task is waiting, so each count below is the
@@ -12,11 +13,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parlor::config::PRESENCE_COALESCE_WINDOW;
+use common::{test_config, TestServer};
+use parlor::config::{SyncMode, PRESENCE_COALESCE_WINDOW};
 use parlor::event::Status;
 use parlor::hub::{Hub, HubConfig};
 use parlor::store::memory::MemoryStore;
-use serde_json::Value;
+use parlor::store::sqlite::{SqliteOptions, SqliteStore};
+use parlor::store::{Change, Store, StoredRoom};
+use serde_json::{json, Value};
 use tokio::time::Instant;
 
 fn memory_hub() -> Hub {
@@ -177,4 +181,133 @@ async fn a_message_is_not_held_back_by_a_presence_window() {
         answered_at, sent_at,
         "the message was answered without waiting (paused clock: no time passed)"
     );
+}
+
+fn data_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("parlor-bounds-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+async fn durable_server(dir: &std::path::Path) -> TestServer {
+    let mut config = test_config();
+    config.ephemeral = false;
+    config.data_dir = dir.to_owned();
+    TestServer::start_with(config).await
+}
+
+/// Users joining and leaving rooms leave no empty rooms behind, so none
+/// pile up against the cap on rooms and creation keeps working for others.
+#[tokio::test]
+async fn a_room_goes_when_its_last_member_leaves() {
+    let server = TestServer::start().await;
+    // A few rooms each, from several users: well under any per-user cap on
+    // creating rooms.
+    for user in 0..10 {
+        let client = server.join(&format!("u{user}")).await;
+        for room in 0..5 {
+            let name = format!("r{user}-{room}");
+            let joined = client.post("/rooms/join", &[("name", &name)]).await;
+            assert_eq!(joined.status, 200, "{}", joined.text);
+            let left = client
+                .post("/rooms/leave", &[("conversation", &name)])
+                .await;
+            assert_eq!(left.status, 200, "{}", left.text);
+        }
+    }
+    assert_eq!(
+        server.hub.stats().rooms,
+        0,
+        "every emptied room was deleted"
+    );
+    let carol = server.join("carol").await;
+    let created = carol.post("/rooms/join", &[("name", "r0-0")]).await;
+    assert_eq!(created.status, 200, "{}", created.text);
+    assert_eq!(created.json["conversation"]["members"], json!(["carol"]));
+    assert_eq!(server.hub.stats().rooms, 1);
+}
+
+/// On the durable store: a deleted room and its history are gone after a
+/// restart; a room with members, online or not, is kept.
+#[tokio::test]
+async fn a_deleted_room_stays_deleted_across_a_restart_and_one_with_members_stays() {
+    let dir = data_dir("rooms");
+    let server = durable_server(&dir).await;
+    let ann = server.join("ann").await;
+    let bob = server.join("bob").await;
+    assert_eq!(
+        ann.post("/rooms/join", &[("name", "gone")]).await.status,
+        200
+    );
+    assert_eq!(ann.send("gone", "only ann saw this").await.status, 200);
+    assert_eq!(
+        ann.post("/rooms/leave", &[("conversation", "gone")])
+            .await
+            .status,
+        200
+    );
+    for client in [&ann, &bob] {
+        assert_eq!(
+            client.post("/rooms/join", &[("name", "kept")]).await.status,
+            200
+        );
+    }
+    assert_eq!(bob.send("kept", "still here").await.status, 200);
+    assert_eq!(
+        ann.post("/rooms/leave", &[("conversation", "kept")])
+            .await
+            .status,
+        200
+    );
+    // bob goes offline: members stay members while offline.
+    assert_eq!(bob.post("/leave", &[]).await.status, 200);
+    assert_eq!(server.hub.stats().rooms, 1);
+    server.stop().await;
+
+    let server = durable_server(&dir).await;
+    assert_eq!(server.hub.stats().rooms, 1, "only `kept` came back");
+    let carol = server.join("carol").await;
+    let recreated = carol.post("/rooms/join", &[("name", "gone")]).await;
+    assert_eq!(recreated.json["conversation"]["members"], json!(["carol"]));
+    let history = carol.get("/history", &[("conversation", "gone")]).await;
+    assert_eq!(
+        history.json["messages"],
+        json!([]),
+        "a new room starts empty"
+    );
+    let kept = carol.post("/rooms/join", &[("name", "kept")]).await;
+    assert_eq!(
+        kept.json["conversation"]["members"],
+        json!(["bob", "carol"])
+    );
+    let history = carol.get("/history", &[("conversation", "kept")]).await;
+    assert_eq!(history.json["messages"][0]["text"], "still here");
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A room a store kept with nobody in it is deleted at start.
+#[tokio::test]
+async fn an_empty_room_in_the_store_is_deleted_at_start() {
+    let dir = data_dir("empty-room");
+    {
+        let options = SqliteOptions {
+            sync: SyncMode::Normal,
+            history_retention: None,
+        };
+        let store = SqliteStore::open(&dir, options).expect("opens");
+        let empty = StoredRoom {
+            name: "empty".into(),
+            members: Vec::new(),
+        };
+        store.submit(1, vec![Change::Room(empty)]);
+        store.close();
+    }
+    let server = durable_server(&dir).await;
+    assert_eq!(server.hub.stats().rooms, 0);
+    server.stop().await;
+    let server = durable_server(&dir).await;
+    assert_eq!(server.hub.stats().rooms, 0, "and stays deleted");
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,7 +2,7 @@
 //! Every submission is "durable" at once; nothing survives the process, so
 //! only what later requests read back (accounts, rooms, messages) is kept.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use tokio::sync::{oneshot, watch};
@@ -21,9 +21,39 @@ struct Inner {
     accounts: HashMap<String, String>,
     rooms: HashMap<String, StoredRoom>,
     /// Messages per conversation, in id order.
-    messages: HashMap<String, Vec<Message>>,
-    /// (sender, client_msg_id) → (conversation, index in its message list).
-    sent_ids: HashMap<(String, String), (String, usize)>,
+    messages: HashMap<String, VecDeque<Message>>,
+    /// (sender, client_msg_id) → (conversation, message id), for the
+    /// messages kept.
+    sent_ids: HashMap<(String, String), (String, u64)>,
+}
+
+impl Inner {
+    fn add_message(&mut self, message: Message) {
+        if let Some(id) = &message.client_msg_id {
+            self.sent_ids.insert(
+                (message.from.clone(), id.clone()),
+                (message.conversation.clone(), message.id),
+            );
+        }
+        self.messages
+            .entry(message.conversation.clone())
+            .or_default()
+            .push_back(message);
+    }
+
+    /// Deletes a room and its history.
+    fn delete_room(&mut self, name: &str) {
+        self.rooms.remove(name);
+        for message in self.messages.remove(name).unwrap_or_default() {
+            self.forget_sent_id(&message);
+        }
+    }
+
+    fn forget_sent_id(&mut self, message: &Message) {
+        if let Some(id) = &message.client_msg_id {
+            self.sent_ids.remove(&(message.from.clone(), id.clone()));
+        }
+    }
 }
 
 impl Default for MemoryStore {
@@ -81,10 +111,14 @@ impl Store for MemoryStore {
     fn find_sent(&self, from: &str, client_msg_id: &str) -> StoreResult<Option<Message>> {
         let inner = self.inner();
         let key = (from.to_owned(), client_msg_id.to_owned());
-        Ok(inner
-            .sent_ids
-            .get(&key)
-            .map(|(conversation, index)| inner.messages[conversation][*index].clone()))
+        let Some((conversation, id)) = inner.sent_ids.get(&key) else {
+            return Ok(None);
+        };
+        let list = inner.messages.get(conversation);
+        Ok(list.and_then(|list| {
+            let index = list.binary_search_by_key(id, |message| message.id).ok()?;
+            list.get(index).cloned()
+        }))
     }
 
     fn history(
@@ -103,7 +137,7 @@ impl Store for MemoryStore {
             None => list.len(),
         };
         let start = end.saturating_sub(limit);
-        Ok(list[start..end].to_vec())
+        Ok(list.range(start..end).cloned().collect())
     }
 
     fn submit(&self, ticket: u64, changes: Vec<Change>) {
@@ -113,20 +147,8 @@ impl Store for MemoryStore {
                 Change::Room(room) => {
                     inner.rooms.insert(room.name.clone(), room);
                 }
-                Change::Message(message) => {
-                    let list = inner
-                        .messages
-                        .entry(message.conversation.clone())
-                        .or_default();
-                    list.push(message.clone());
-                    let index = list.len() - 1;
-                    if let Some(id) = &message.client_msg_id {
-                        inner.sent_ids.insert(
-                            (message.from.clone(), id.clone()),
-                            (message.conversation.clone(), index),
-                        );
-                    }
-                }
+                Change::RoomDeleted { name } => inner.delete_room(&name),
+                Change::Message(message) => inner.add_message(message),
                 // Live state needs no keeping when nothing survives a restart.
                 _ => {}
             }
@@ -149,9 +171,13 @@ mod tests {
     use super::*;
 
     fn message(id: u64, text: &str, client_msg_id: Option<&str>) -> Change {
+        message_in("lobby", id, text, client_msg_id)
+    }
+
+    fn message_in(conversation: &str, id: u64, text: &str, client_msg_id: Option<&str>) -> Change {
         Change::Message(Message {
             id,
-            conversation: "lobby".into(),
+            conversation: conversation.into(),
             from: "ann".into(),
             text: text.into(),
             at: 1,
@@ -176,5 +202,27 @@ mod tests {
         let older = store.history("lobby", Some(page[0].id), 100).unwrap();
         assert_eq!(older.len(), 8);
         assert!(store.history("nowhere", None, 5).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_deleted_room_takes_its_history_and_client_ids() {
+        let store = MemoryStore::new();
+        let room = StoredRoom {
+            name: "games".into(),
+            members: vec!["ann".into()],
+        };
+        store.submit(1, vec![Change::Room(room)]);
+        store.submit(2, vec![message_in("games", 1, "gg", Some("g1"))]);
+        store.submit(3, vec![message(2, "hi", Some("l1"))]);
+        store.submit(
+            4,
+            vec![Change::RoomDeleted {
+                name: "games".into(),
+            }],
+        );
+        assert!(store.load().unwrap().rooms.is_empty());
+        assert!(store.history("games", None, 10).unwrap().is_empty());
+        assert!(store.find_sent("ann", "g1").unwrap().is_none());
+        assert_eq!(store.find_sent("ann", "l1").unwrap().unwrap().id, 2);
     }
 }
