@@ -1,6 +1,6 @@
 //! Bounds on what one user, or a storm of changes, can cost everyone:
-//! presence storms answer each parked poll a bounded number of times, and
-//! a room goes when its last member leaves.
+//! presence storms answer each parked poll a bounded number of times, a
+//! room goes when its last member leaves, and a mailbox is bounded in bytes.
 //!
 //! The presence tests drive the hub directly under tokio's paused clock:
 //! time moves only when every task is waiting, so each count below is the
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{test_config, TestServer};
-use parlor::config::{SyncMode, PRESENCE_COALESCE_WINDOW};
+use parlor::config::{SyncMode, MAILBOX_MAX_BYTES, PRESENCE_COALESCE_WINDOW};
 use parlor::event::Status;
 use parlor::hub::{Hub, HubConfig};
 use parlor::store::memory::MemoryStore;
@@ -310,4 +310,44 @@ async fn an_empty_room_in_the_store_is_deleted_at_start() {
     assert_eq!(server.hub.stats().rooms, 0, "and stays deleted");
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A client that never acknowledges cannot make its mailbox hold more than
+/// `MAILBOX_MAX_BYTES`: large events push the oldest out, and a cursor
+/// behind them expires (410) as when the mailbox is full of events.
+#[tokio::test]
+async fn a_mailbox_over_its_byte_bound_expires_an_old_cursor() {
+    let mut config = test_config();
+    config.admin_token = Some("s3cret".into());
+    let server = TestServer::start_with(config).await;
+    let mut ann = server.join("ann").await;
+    ann.events_now().await;
+    let stale = ann.cursor;
+    // Few events (far under `MAILBOX_CAPACITY`), but large ones.
+    let data = "x".repeat(60_000);
+    let body = serde_json::to_vec(&json!({"users": ["ann"], "data": data})).unwrap();
+    let events = MAILBOX_MAX_BYTES / data.len() + 2;
+    for _ in 0..events {
+        let published = server
+            .request(
+                hyper::Method::POST,
+                "/api/publish",
+                &[
+                    ("authorization", "Bearer s3cret"),
+                    ("content-type", "application/json"),
+                ],
+                body.clone(),
+            )
+            .await;
+        assert_eq!(published.status, 200, "{}", published.text);
+    }
+    let expired = ann.poll_raw(stale, Some(0)).await;
+    assert_eq!(expired.status, 410, "{}", expired.text.len());
+    assert_eq!(expired.code(), "cursor_expired");
+    let stats = server.hub.stats();
+    assert!(
+        stats.mailbox_events < events,
+        "{} of {events} events kept",
+        stats.mailbox_events
+    );
 }

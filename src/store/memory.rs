@@ -1,6 +1,8 @@
 //! `MemoryStore`: the store kept in RAM, for `--ephemeral` runs and tests.
 //! Every submission is "durable" at once; nothing survives the process, so
-//! only what later requests read back (accounts, rooms, messages) is kept.
+//! only what later requests read back (accounts, rooms, messages) is kept,
+//! and of the messages only the newest `EPHEMERAL_HISTORY_PER_CONVERSATION`
+//! of each conversation.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -8,6 +10,7 @@ use std::sync::Mutex;
 use tokio::sync::{oneshot, watch};
 
 use super::{Change, Snapshot, Store, StoreResult, StoredRoom};
+use crate::config::EPHEMERAL_HISTORY_PER_CONVERSATION;
 use crate::event::Message;
 
 #[derive(Debug)]
@@ -20,7 +23,8 @@ pub struct MemoryStore {
 struct Inner {
     accounts: HashMap<String, String>,
     rooms: HashMap<String, StoredRoom>,
-    /// Messages per conversation, in id order.
+    /// Messages per conversation, in id order, the newest
+    /// `EPHEMERAL_HISTORY_PER_CONVERSATION` of each.
     messages: HashMap<String, VecDeque<Message>>,
     /// (sender, client_msg_id) → (conversation, message id), for the
     /// messages kept.
@@ -28,6 +32,7 @@ struct Inner {
 }
 
 impl Inner {
+    /// Keeps a message, dropping its conversation's oldest past the cap.
     fn add_message(&mut self, message: Message) {
         if let Some(id) = &message.client_msg_id {
             self.sent_ids.insert(
@@ -35,10 +40,18 @@ impl Inner {
                 (message.conversation.clone(), message.id),
             );
         }
-        self.messages
+        let list = self
+            .messages
             .entry(message.conversation.clone())
-            .or_default()
-            .push_back(message);
+            .or_default();
+        list.push_back(message);
+        let dropped = list
+            .len()
+            .saturating_sub(EPHEMERAL_HISTORY_PER_CONVERSATION);
+        let dropped: Vec<Message> = list.drain(..dropped).collect();
+        for message in &dropped {
+            self.forget_sent_id(message);
+        }
     }
 
     /// Deletes a room and its history.
@@ -224,5 +237,28 @@ mod tests {
         assert!(store.history("games", None, 10).unwrap().is_empty());
         assert!(store.find_sent("ann", "g1").unwrap().is_none());
         assert_eq!(store.find_sent("ann", "l1").unwrap().unwrap().id, 2);
+    }
+
+    #[test]
+    fn only_the_newest_messages_of_a_conversation_are_kept() {
+        let store = MemoryStore::new();
+        let total = EPHEMERAL_HISTORY_PER_CONVERSATION as u64 + 10;
+        for id in 1..=total {
+            store.submit(
+                id,
+                vec![message(id, &id.to_string(), Some(&id.to_string()))],
+            );
+        }
+        let kept = store.history("lobby", None, usize::MAX).unwrap();
+        assert_eq!(kept.len(), EPHEMERAL_HISTORY_PER_CONVERSATION);
+        assert_eq!(kept[0].id, 11, "the oldest went first");
+        assert_eq!(kept.last().unwrap().id, total);
+        assert!(store.history("lobby", Some(11), 10).unwrap().is_empty());
+        assert!(store.find_sent("ann", "10").unwrap().is_none());
+        assert_eq!(store.find_sent("ann", "11").unwrap().unwrap().id, 11);
+        assert_eq!(
+            store.inner().sent_ids.len(),
+            EPHEMERAL_HISTORY_PER_CONVERSATION
+        );
     }
 }
