@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{test_config, TestServer};
+use common::{test_config, TestClient, TestServer};
 use parlor::config::{SyncMode, MAILBOX_MAX_BYTES, PRESENCE_COALESCE_WINDOW};
 use parlor::event::Status;
 use parlor::hub::{Hub, HubConfig};
@@ -196,6 +196,18 @@ async fn durable_server(dir: &std::path::Path) -> TestServer {
     TestServer::start_with(config).await
 }
 
+/// Joins (`join`) or leaves (`leave`) a room, which must succeed.
+async fn rooms(client: &TestClient<'_>, action: &str, room: &str) {
+    let field = if action == "join" {
+        "name"
+    } else {
+        "conversation"
+    };
+    let path = format!("/rooms/{action}");
+    let answer = client.post(&path, &[(field, room)]).await;
+    assert_eq!(answer.status, 200, "{action} {room}: {}", answer.text);
+}
+
 /// Users joining and leaving rooms leave no empty rooms behind, so none
 /// pile up against the cap on rooms and creation keeps working for others.
 #[tokio::test]
@@ -207,12 +219,8 @@ async fn a_room_goes_when_its_last_member_leaves() {
         let client = server.join(&format!("u{user}")).await;
         for room in 0..5 {
             let name = format!("r{user}-{room}");
-            let joined = client.post("/rooms/join", &[("name", &name)]).await;
-            assert_eq!(joined.status, 200, "{}", joined.text);
-            let left = client
-                .post("/rooms/leave", &[("conversation", &name)])
-                .await;
-            assert_eq!(left.status, 200, "{}", left.text);
+            rooms(&client, "join", &name).await;
+            rooms(&client, "leave", &name).await;
         }
     }
     assert_eq!(
@@ -235,30 +243,13 @@ async fn a_deleted_room_stays_deleted_across_a_restart_and_one_with_members_stay
     let server = durable_server(&dir).await;
     let ann = server.join("ann").await;
     let bob = server.join("bob").await;
-    assert_eq!(
-        ann.post("/rooms/join", &[("name", "gone")]).await.status,
-        200
-    );
+    rooms(&ann, "join", "gone").await;
     assert_eq!(ann.send("gone", "only ann saw this").await.status, 200);
-    assert_eq!(
-        ann.post("/rooms/leave", &[("conversation", "gone")])
-            .await
-            .status,
-        200
-    );
-    for client in [&ann, &bob] {
-        assert_eq!(
-            client.post("/rooms/join", &[("name", "kept")]).await.status,
-            200
-        );
-    }
+    rooms(&ann, "leave", "gone").await;
+    rooms(&ann, "join", "kept").await;
+    rooms(&bob, "join", "kept").await;
     assert_eq!(bob.send("kept", "still here").await.status, 200);
-    assert_eq!(
-        ann.post("/rooms/leave", &[("conversation", "kept")])
-            .await
-            .status,
-        200
-    );
+    rooms(&ann, "leave", "kept").await;
     // bob goes offline: members stay members while offline.
     assert_eq!(bob.post("/leave", &[]).await.status, 200);
     assert_eq!(server.hub.stats().rooms, 1);
