@@ -109,7 +109,9 @@ impl Hub {
         Ok(room)
     }
 
-    /// POST /rooms/leave.
+    /// POST /rooms/leave. The last member to leave deletes the room, with
+    /// its history. (Members stay members while offline, so /leave and
+    /// the sweeper never empty a room.)
     pub fn leave_room(&self, token: &str, conversation: &str) -> HubResult<()> {
         let token = &TokenHash::of(token);
         let mut locked = self.lock_all();
@@ -124,12 +126,21 @@ impl Hub {
         locked.dir.require_member(conversation, &user)?;
         let mut members = locked.dir.rooms[conversation].members.clone();
         members.retain(|member| *member != user);
-        locked.record(Change::Room(StoredRoom {
-            name: conversation.to_owned(),
-            members: members.clone(),
-        }));
-        if let Some(room) = locked.dir.rooms.get_mut(conversation) {
-            room.members = members.clone();
+        if members.is_empty() {
+            // Nobody is left to read it: the room and its history go, so
+            // that empty rooms do not pile up against `MAX_ROOMS`.
+            locked.dir.rooms.remove(conversation);
+            locked.record(Change::RoomDeleted {
+                name: conversation.to_owned(),
+            });
+        } else {
+            locked.record(Change::Room(StoredRoom {
+                name: conversation.to_owned(),
+                members: members.clone(),
+            }));
+            if let Some(room) = locked.dir.rooms.get_mut(conversation) {
+                room.members = members.clone();
+            }
         }
         if let Some(rooms) = locked.dir.rooms_of.get_mut(&user) {
             rooms.remove(conversation);

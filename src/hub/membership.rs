@@ -127,7 +127,7 @@ impl Hub {
         let client = locked.client_of(token)?;
         let user = locked.user_of(client, token)?;
         if locked.set_presence(&user, status) {
-            locked.wake_all(Wake::Events, now);
+            locked.wake_all(Wake::Presence, now);
         }
         locked.flush(Committer::Store);
         Ok(())
@@ -204,7 +204,7 @@ impl Exclusive<'_> {
         self.shard(token_shard).tokens.insert(token_hash, client);
         if came_online {
             self.set_presence(name, Status::Online);
-            self.wake_all(Wake::Events, now);
+            self.wake_all(Wake::Presence, now);
         }
         (client, token)
     }
@@ -253,7 +253,7 @@ impl Exclusive<'_> {
             }
         }
         self.set_presence(&closed.user, Status::Offline);
-        self.wake_all(Wake::Events, now);
+        self.wake_all(Wake::Presence, now);
         self.compact_presence();
     }
 

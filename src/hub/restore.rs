@@ -20,6 +20,11 @@ impl Exclusive<'_> {
     pub(super) fn restore(&mut self, snapshot: Snapshot, now: Instant) {
         let hub = self.hub;
         for room in snapshot.rooms {
+            if room.members.is_empty() {
+                // Nobody is in it: it goes, as when its last member leaves.
+                self.record(Change::RoomDeleted { name: room.name });
+                continue;
+            }
             for member in &room.members {
                 self.dir
                     .rooms_of

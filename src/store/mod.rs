@@ -119,7 +119,14 @@ pub struct StoredRoom {
 /// One change to durable state, in the order the hub made it.
 #[derive(Debug, Clone)]
 pub enum Change {
+    /// A room was created or its members changed.
     Room(StoredRoom),
+    /// A room's last member left: the room is gone, and its history with
+    /// it, so a room created later under the name starts empty (and the
+    /// cap on rooms counts only rooms someone is in).
+    RoomDeleted {
+        name: String,
+    },
     DialogOpened {
         id: String,
         members: [String; 2],

@@ -92,6 +92,10 @@ fn apply(
                 &[&room.name, &members],
             )
         }
+        Change::RoomDeleted { name } => {
+            execute("DELETE FROM rooms WHERE name = ?1", &[name])?;
+            execute("DELETE FROM messages WHERE conversation = ?1", &[name])
+        }
         Change::DialogOpened { id, members } => execute(
             "INSERT OR REPLACE INTO dialogs (id, first, second) VALUES (?1, ?2, ?3)",
             &[id, &members[0], &members[1]],
