@@ -137,6 +137,12 @@ pub fn migrate(connection: &mut Connection, target: u32) -> StoreResult<()> {
             })?;
         tracing::info!(version = version + 1, "database schema migrated");
     }
+    // The setting reads back as 0, 1 or 2, but only `FAST` sets the last.
+    let secure_delete = if secure_delete == 2 {
+        "FAST".to_owned()
+    } else {
+        secure_delete.to_string()
+    };
     connection
         .execute_batch(&format!("PRAGMA secure_delete = {secure_delete}"))
         .map_err(|e| StoreError::new("cannot restore secure_delete", e))
