@@ -47,7 +47,10 @@
 //! - the visibility task (`hub::Hub::run_visibility`), which makes events
 //!   visible and wakes their readers as the store reports them durable;
 //! - the SQLite writer thread (`store::sqlite`), which commits what no
-//!   waiting request committed itself.
+//!   waiting request committed itself;
+//! - the SQLite reader threads (`store::sqlite::readers`), which answer
+//!   `/history`, password and `client_msg_id` look-ups off the async
+//!   workers.
 
 pub mod api;
 pub mod auth;
