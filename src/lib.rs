@@ -34,7 +34,9 @@
 //! - [`store`]: what outlives the process — accounts, rooms, history; the
 //!   SQLite default commits through `store::sqlite`'s writer (group commit,
 //!   run by the waiting request itself where it can).
-//! - [`auth`]: tokens and password hashing.
+//! - [`auth`]: tokens and password hashing (a bounded queue for it).
+//! - [`limits`]: rate limits per client address, user or client process
+//!   (sign-ups, wrong passwords, /status, /send, room creation).
 //! - [`error`]: `ApiError`, the status + code + message of a failed request,
 //!   and the one each `hub::Refusal` is answered with.
 //!
@@ -55,6 +57,7 @@ pub mod error;
 pub mod event;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod server;
 pub mod store;
 

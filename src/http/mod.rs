@@ -20,12 +20,14 @@
 //! it would pin hyper's 8 KiB read buffer until it is answered. Paths not
 //! in the table are static files for GET and HEAD, 404 JSON otherwise.
 
+pub mod client_addr;
 pub mod request;
 pub mod response;
 pub mod static_files;
 
 use std::borrow::Cow;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -46,6 +48,8 @@ pub struct App {
     /// Enables POST /api/publish when set.
     pub admin_token: Option<Arc<str>>,
     pub public_dir: Arc<PathBuf>,
+    /// Peers whose forwarding headers name the client (`--trusted-proxy`).
+    pub trusted_proxies: Arc<[client_addr::Cidr]>,
 }
 
 /// An API endpoint: what a row of `ROUTES` names and `route` serves.
@@ -120,8 +124,13 @@ impl Route {
 }
 
 /// The service function: never fails at the HTTP level, since every error
-/// is an answer the client should read.
-pub async fn handle(app: App, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+/// is an answer the client should read. `peer` is the connection's
+/// remote address (see `client_addr` for the client's).
+pub async fn handle(
+    app: App,
+    peer: IpAddr,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let method = request.method().clone();
     let found = Route::find(request.uri().path());
     // For the error log (see the module doc for why not the `Uri`). An API
@@ -131,7 +140,7 @@ pub async fn handle(app: App, request: Request<Incoming>) -> Result<Response<Bod
         Some(found) => Cow::Borrowed(found.path),
         None => Cow::Owned(request.uri().path().to_owned()),
     };
-    let mut response = match route(&app, found, request).await {
+    let mut response = match route(&app, found, peer, request).await {
         Ok(response) => response,
         Err(error) => {
             tracing::debug!(%method, %path, %error, "request failed");
@@ -157,6 +166,7 @@ pub async fn handle(app: App, request: Request<Incoming>) -> Result<Response<Bod
 async fn route(
     app: &App,
     found: Option<&'static Route>,
+    peer: IpAddr,
     request: Request<Incoming>,
 ) -> ApiResult<Response<Body>> {
     let Some(found) = found else {
@@ -181,7 +191,11 @@ async fn route(
     let hub = &app.hub;
     match found.endpoint {
         Endpoint::Healthz => Ok(api::health::healthz()),
-        Endpoint::Join => api::session::join(hub, Params::read(request).await?).await,
+        Endpoint::Join => {
+            // Only /join limits by address, so only it reads the headers.
+            let client = client_addr::client_ip(peer, request.headers(), &app.trusted_proxies);
+            api::session::join(hub, client, Params::read(request).await?).await
+        }
         Endpoint::Sync => api::session::sync(hub, Params::read(request).await?),
         Endpoint::Poll => api::session::poll(hub, Params::read(request).await?).await,
         Endpoint::Leave => api::session::leave(hub, Params::read(request).await?),
