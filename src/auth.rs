@@ -7,11 +7,16 @@
 //! default parameters, a fresh 128-bit salt per account) and only the PHC
 //! string is stored. Hashing is deliberately slow, so it runs on the blocking
 //! pool behind a semaphore: a burst of /join queues instead of stalling the
-//! async workers or exhausting memory.
+//! async workers or exhausting memory. The queue is bounded twice: at most
+//! `max_waiters` wait for a slot (the next is told `Busy` at once), and none
+//! waits longer than `max_wait` (then `Busy`), so a flood of /join is
+//! answered rather than left hanging.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::config::MAX_CONCURRENT_PASSWORD_HASHES;
@@ -61,52 +66,102 @@ impl std::fmt::Debug for TokenHash {
     }
 }
 
+/// When a `Busy` answer suggests retrying: hashes take tens of ms, so a
+/// slot is likely free by then.
+const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Too many requests are waiting to hash a password; retry after `.0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy(pub Duration);
+
 /// Hashes and verifies passwords off the async workers, a few at a time.
 #[derive(Debug)]
 pub struct PasswordHasherPool {
     permits: Semaphore,
+    /// Requests waiting for a permit now, at most `max_waiters`.
+    waiting: AtomicUsize,
+    max_waiters: usize,
+    max_wait: Duration,
     /// Cost of new hashes; verification uses the parameters in the hash.
     params: Params,
 }
 
 impl PasswordHasherPool {
     /// A pool hashing with `memory_kib` KiB and `iterations` passes
-    /// (out-of-range values fall back to argon2's defaults).
-    pub fn new(memory_kib: u32, iterations: u32) -> PasswordHasherPool {
+    /// (out-of-range values fall back to argon2's defaults), with at most
+    /// `max_waiters` requests waiting up to `max_wait` for a slot.
+    pub fn new(
+        memory_kib: u32,
+        iterations: u32,
+        max_waiters: usize,
+        max_wait: Duration,
+    ) -> PasswordHasherPool {
         let params = Params::new(memory_kib, iterations, 1, None).unwrap_or_else(|error| {
             tracing::warn!(%error, "invalid argon2 parameters; using the defaults");
             Params::default()
         });
         PasswordHasherPool {
             permits: Semaphore::new(MAX_CONCURRENT_PASSWORD_HASHES),
+            waiting: AtomicUsize::new(0),
+            max_waiters,
+            max_wait,
             params,
         }
     }
 
     /// The PHC string (`$argon2id$v=19$...`) for a new account's password.
-    pub async fn hash(&self, password: &str) -> String {
+    pub async fn hash(&self, password: &str) -> Result<String, Busy> {
         let password = password.to_owned();
         let params = self.params.clone();
         self.run(move || hash_password(&password, params)).await
     }
 
     /// Whether `password` matches a stored PHC string.
-    pub async fn verify(&self, password: &str, stored_hash: &str) -> bool {
+    pub async fn verify(&self, password: &str, stored_hash: &str) -> Result<bool, Busy> {
         let password = password.to_owned();
         let stored_hash = stored_hash.to_owned();
         self.run(move || verify_password(&password, &stored_hash))
             .await
     }
 
-    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> T {
-        let _permit = self
-            .permits
-            .acquire()
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Busy> {
+        let _permit = match self.permits.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let _waiter = self.wait_in_line()?;
+                tokio::time::timeout(self.max_wait, self.permits.acquire())
+                    .await
+                    .map_err(|_| Busy(BUSY_RETRY_AFTER))?
+                    .expect("the hashing semaphore is never closed")
+            }
+        };
+        Ok(tokio::task::spawn_blocking(work)
             .await
-            .expect("the hashing semaphore is never closed");
-        tokio::task::spawn_blocking(work)
-            .await
-            .expect("password hashing does not panic")
+            .expect("password hashing does not panic"))
+    }
+
+    /// A place in the line for a permit, if the line is not full; the
+    /// place is given back when the guard drops (also when the request is
+    /// abandoned while waiting).
+    fn wait_in_line(&self) -> Result<Waiter<'_>, Busy> {
+        let ahead = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let waiter = Waiter(&self.waiting);
+        if ahead >= self.max_waiters {
+            return Err(Busy(BUSY_RETRY_AFTER));
+        }
+        Ok(waiter)
+    }
+}
+
+/// A request's place in the line for a hashing permit.
+struct Waiter<'a>(&'a AtomicUsize);
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -135,6 +190,56 @@ fn verify_password(password: &str, stored_hash: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_full_line_is_told_busy_at_once() {
+        let pool = PasswordHasherPool::new(8, 1, 1, Duration::from_secs(600));
+        // Every slot taken (as by hashes running), and one waiter in line.
+        let held = pool
+            .permits
+            .acquire_many(MAX_CONCURRENT_PASSWORD_HASHES as u32)
+            .await
+            .unwrap();
+        let waiting = pool.hash("pw");
+        tokio::pin!(waiting);
+        assert!(futures_poll_once(waiting.as_mut()).await.is_none());
+        assert_eq!(pool.hash("pw").await, Err(Busy(BUSY_RETRY_AFTER)));
+        assert_eq!(pool.verify("pw", "x").await, Err(Busy(BUSY_RETRY_AFTER)));
+        drop(held);
+        assert!(
+            waiting.await.is_ok(),
+            "the one in line hashes once a slot frees"
+        );
+        assert_eq!(pool.waiting.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_wait_ends_busy() {
+        let pool = PasswordHasherPool::new(8, 1, 10, Duration::from_secs(10));
+        let _held = pool
+            .permits
+            .acquire_many(MAX_CONCURRENT_PASSWORD_HASHES as u32)
+            .await
+            .unwrap();
+        assert_eq!(pool.hash("pw").await, Err(Busy(BUSY_RETRY_AFTER)));
+        assert_eq!(
+            pool.waiting.load(Ordering::Acquire),
+            0,
+            "the place is given back"
+        );
+    }
+
+    /// Polls `future` once: its output if it was ready.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(future: F) -> Option<F::Output> {
+        let mut future = future;
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut future).poll(cx) {
+                std::task::Poll::Ready(output) => Some(output),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
+    }
 
     #[test]
     fn tokens_are_long_and_distinct() {

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::http::client_addr::Cidr;
+
 /// Longest a parked poll is held before it is answered empty. 25 s stays under
 /// the 30 s idle limit common in proxies and load balancers.
 pub const DEFAULT_POLL_TIMEOUT: &str = "25s";
@@ -80,6 +82,30 @@ pub const MAX_CONCURRENT_PASSWORD_HASHES: usize = 4;
 /// `client_msg_id`. Reads beyond them queue (one per request in flight); a
 /// read waiting for the disk holds one of these, never an async worker.
 pub const STORE_READER_THREADS: usize = 2;
+/// /join requests that may wait for a hashing slot (`--max-hash-waiters`);
+/// past them a /join gets 503 `busy` at once instead of queuing without end.
+pub const MAX_HASH_WAITERS: usize = 64;
+/// Longest a /join waits for a hashing slot before 503 `busy`.
+pub const HASH_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// New accounts per client address per minute (`--signups-per-ip`).
+pub const SIGNUPS_PER_IP: u32 = 30;
+/// Wrong passwords for one name from one client address per minute; then
+/// 429 for that pair (guessing slows to one try per 6 s; the owner joining
+/// from another address is not locked out).
+pub const PASSWORD_FAILURES_PER_MINUTE: u32 = 10;
+/// /status calls per client process: a burst of `STATUS_BURST`, then
+/// `STATUS_PER_SECOND` a second; then 429 `rate_limited`.
+pub const STATUS_BURST: u32 = 5;
+pub const STATUS_PER_SECOND: u32 = 1;
+/// Messages per user per second (`--send-rate`) and the burst allowed
+/// above it (`--send-burst`); then 429 `rate_limited`.
+pub const SEND_PER_SECOND: u32 = 20;
+pub const SEND_BURST: u32 = 60;
+/// Rooms one user may create per hour; then 429 `rate_limited`.
+pub const ROOMS_PER_HOUR: u32 = 20;
+/// Keys (addresses, users, client processes) one rate limit remembers;
+/// a key whose bucket refilled is forgotten first (see `limits`).
+pub const MAX_RATE_KEYS: usize = 65_536;
 
 /// How hard each commit is pushed to disk (`--sync`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -180,6 +206,36 @@ pub struct Config {
     /// log collectors. Levels come from RUST_LOG (default `info`).
     #[arg(long, env = "PARLOR_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// A peer whose `X-Forwarded-For`/`Forwarded` headers name the client
+    /// (an address or CIDR, e.g. 10.0.0.0/8; repeatable). Without one, the
+    /// socket's peer is the client address and those headers are ignored.
+    #[arg(long = "trusted-proxy", env = "PARLOR_TRUSTED_PROXY", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<Cidr>,
+
+    /// New accounts one client address may create per minute (0: no limit);
+    /// then 429 `rate_limited`.
+    #[arg(long, env = "PARLOR_SIGNUPS_PER_IP", default_value_t = SIGNUPS_PER_IP)]
+    pub signups_per_ip: u32,
+
+    /// `open`: /join with a new name creates the account; `closed`: only
+    /// existing accounts may join (403 `signup_closed`).
+    #[arg(long, env = "PARLOR_SIGNUP", value_enum, default_value = "open")]
+    pub signup: SignupMode,
+
+    /// Messages one user may send per second, as `N/s` or `N` (0: no
+    /// limit); then 429 `rate_limited`.
+    #[arg(long, env = "PARLOR_SEND_RATE", default_value = "20/s", value_parser = parse_send_rate)]
+    pub send_rate: SendRate,
+
+    /// Messages one user may send at once above `--send-rate`.
+    #[arg(long, env = "PARLOR_SEND_BURST", default_value_t = SEND_BURST)]
+    pub send_burst: u32,
+
+    /// /join requests that may wait for a password-hashing slot; past them,
+    /// 503 `busy` at once.
+    #[arg(long, env = "PARLOR_MAX_HASH_WAITERS", default_value_t = MAX_HASH_WAITERS)]
+    pub max_hash_waiters: usize,
 }
 
 /// The shape of log lines on stderr.
@@ -189,6 +245,33 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, never coloured.
     Json,
+}
+
+/// Whether /join may create accounts (`--signup`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SignupMode {
+    /// A new name creates an account.
+    Open,
+    /// Only existing accounts may join.
+    Closed,
+}
+
+/// Messages per second (`--send-rate`), 0 for no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendRate(pub u32);
+
+/// Parses `--send-rate`: `20/s` or `20`.
+pub fn parse_send_rate(text: &str) -> Result<SendRate, String> {
+    let text = text.trim();
+    let count = text.strip_suffix("/s").unwrap_or(text);
+    count
+        .parse()
+        .map(SendRate)
+        .map_err(|_| format!("`{text}` is not a rate like 20/s"))
+}
+
+fn parse_cidr(text: &str) -> Result<Cidr, String> {
+    text.parse()
 }
 
 impl Config {
@@ -274,6 +357,16 @@ mod tests {
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("5 days").is_err());
         assert!(parse_duration("99999999999999999999h").is_err());
+    }
+
+    #[test]
+    fn send_rates_read_with_or_without_per_second() {
+        assert_eq!(parse_send_rate("20/s"), Ok(SendRate(20)));
+        assert_eq!(parse_send_rate("5"), Ok(SendRate(5)));
+        assert_eq!(parse_send_rate("0"), Ok(SendRate(0)));
+        for bad in ["", "fast", "20/m", "-1/s"] {
+            assert!(parse_send_rate(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

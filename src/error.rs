@@ -5,6 +5,7 @@
 //! message; `http::response` turns it into `{"error": CODE, "message": TEXT}`.
 
 use std::fmt;
+use std::time::Duration;
 
 use hyper::StatusCode;
 
@@ -12,7 +13,8 @@ use crate::config::{
     MAX_CLIENTS_PER_USER, MAX_CLIENT_MSG_ID_BYTES, MAX_HISTORY_LIMIT, MAX_NAME_LEN,
     MAX_PASSWORD_BYTES, MAX_ROOMS, MAX_TEXT_BYTES,
 };
-use crate::hub::Refusal;
+use crate::hub::{Limited, Refusal};
+use crate::limits::retry_after_secs;
 use crate::store::StoreError;
 
 /// A failed request. `code` is part of the API contract (clients branch on
@@ -22,6 +24,9 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds after which a retry may succeed (`Retry-After`), for a 429
+    /// or 503 that knows.
+    pub retry_after: Option<u64>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -32,7 +37,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, telling the client to retry after `wait`.
+    pub fn retry_after(mut self, wait: Duration) -> ApiError {
+        self.retry_after = Some(retry_after_secs(wait));
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -159,12 +171,39 @@ impl From<Refusal> for ApiError {
                 "not_stored",
                 "the message could not be stored in time; retry with the same client_msg_id",
             ),
+            Refusal::RateLimited { limited, wait } => {
+                ApiError::too_many("rate_limited", limited_message(limited)).retry_after(wait)
+            }
+            Refusal::Busy { wait } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the server is checking too many passwords; retry shortly",
+            )
+            .retry_after(wait),
+            Refusal::SignupClosed { name } => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "signup_closed",
+                format!("there is no account `{name}` and this server creates none"),
+            ),
             Refusal::StoreUnavailable => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
                 "the server could not store or read data; retry later",
             ),
         }
+    }
+}
+
+/// What a 429 `rate_limited` says was done too often.
+fn limited_message(limited: Limited) -> &'static str {
+    match limited {
+        Limited::Signups => "too many new accounts from your address; retry later",
+        Limited::WrongPasswords => {
+            "too many wrong passwords for this name from your address; retry later"
+        }
+        Limited::StatusChanges => "too many status changes; retry later",
+        Limited::Sends => "sending too fast; retry later with the same client_msg_id",
+        Limited::RoomCreations => "too many rooms created; retry later",
     }
 }
 

@@ -36,7 +36,9 @@
 //!   run by the waiting request itself where it can).
 //! - [`client`]: the kept-alive HTTP/1 client that `parlor-bench` and the
 //!   criterion benches speak to a parlor with over loopback.
-//! - [`auth`]: tokens and password hashing.
+//! - [`auth`]: tokens and password hashing (a bounded queue for it).
+//! - [`limits`]: rate limits per client address, user or client process
+//!   (sign-ups, wrong passwords, /status, /send, room creation).
 //! - [`error`]: `ApiError`, the status + code + message of a failed request,
 //!   and the one each `hub::Refusal` is answered with.
 //!
@@ -61,6 +63,7 @@ pub mod error;
 pub mod event;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod server;
 pub mod store;
 

@@ -32,6 +32,7 @@ use crate::config::{Config, MAX_HEADER_BYTES};
 use crate::http::cors::Cors;
 use crate::http::{self, App};
 use crate::hub::{sweeper, Hub, HubConfig};
+use crate::limits::Limits;
 use crate::store::memory::MemoryStore;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::Store;
@@ -81,7 +82,7 @@ impl Server {
             Arc::new(store)
         };
         let started = std::time::Instant::now();
-        let hub = Hub::new(
+        let hub = Hub::with_limits(
             store,
             HubConfig {
                 poll_timeout: config.poll_timeout,
@@ -89,6 +90,7 @@ impl Server {
                 argon2_memory_kib: config.argon2_memory_kib,
                 argon2_iterations: config.argon2_iterations,
             },
+            Limits::from_config(&config),
         )?;
         tracing::info!(stats = ?hub.stats(), resumed_in = ?started.elapsed(), "state resumed");
         let cors = Cors::new(&config.allow_origin)?;
@@ -112,6 +114,7 @@ impl Server {
             admin_token: config.admin_token.as_deref().map(Arc::from),
             public_dir: Arc::new(PathBuf::from(&config.public_dir)),
             cors: Arc::new(cors),
+            trusted_proxies: config.trusted_proxies.clone().into(),
         };
         let (stop_sweeper, sweeper_stop) = watch::channel(false);
         let sweeper = tokio::spawn(sweeper::run(hub.clone(), sweeper_stop.clone()));
@@ -154,7 +157,7 @@ impl Server {
             let tracker = registration.clone();
             let service = service_fn(move |request| {
                 let in_flight = tracker.request_started();
-                let answer = http::handle(app.clone(), request);
+                let answer = http::handle(app.clone(), ip, request);
                 async move {
                     let answer = answer.await;
                     drop(in_flight);

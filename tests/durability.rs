@@ -34,6 +34,12 @@ impl Node {
                 "8",
                 "--argon2-iterations",
                 "1",
+                // Storms of joins and sends from one address, as in
+                // common::test_config.
+                "--signups-per-ip",
+                "0",
+                "--send-rate",
+                "0",
             ])
             .args(extra)
             .env("RUST_LOG", "warn")

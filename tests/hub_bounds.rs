@@ -17,6 +17,7 @@ use common::{test_config, TestClient, TestServer};
 use parlor::config::{SyncMode, MAILBOX_MAX_BYTES, PRESENCE_COALESCE_WINDOW};
 use parlor::event::Status;
 use parlor::hub::{Hub, HubConfig};
+use parlor::limits::Limits;
 use parlor::store::memory::MemoryStore;
 use parlor::store::sqlite::{SqliteOptions, SqliteStore};
 use parlor::store::{Change, Store, StoredRoom};
@@ -31,7 +32,12 @@ fn memory_hub() -> Hub {
         argon2_memory_kib: 8,
         argon2_iterations: 1,
     };
-    Hub::new(Arc::new(MemoryStore::new()), config).expect("an empty store loads")
+    // Hundreds of users join from one address here: no sign-up limit.
+    let limits = Limits {
+        signups_per_ip: None,
+        ..Limits::default()
+    };
+    Hub::with_limits(Arc::new(MemoryStore::new()), config, limits).expect("an empty store loads")
 }
 
 /// A client process of `user` and its cursor.

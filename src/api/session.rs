@@ -1,5 +1,6 @@
 //! A client process's life: /join, /sync, /poll, /status, /users, /leave.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use hyper::{Response, StatusCode};
@@ -13,10 +14,11 @@ use crate::http::request::Params;
 use crate::http::response::{json, json_bytes, Body};
 use crate::hub::{Hub, Session};
 
-pub async fn join(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
+/// POST /join; `client` is the client's address (see `http::client_addr`).
+pub async fn join(hub: &Hub, client: IpAddr, params: Params) -> ApiResult<Response<Body>> {
     let name = params.str("name")?;
     let password = params.str("password")?;
-    let session = hub.join(name, password).await?;
+    let session = hub.join_from(name, password, client).await?;
     Ok(json_bytes(StatusCode::OK, session_json(&session)))
 }
 

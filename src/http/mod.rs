@@ -20,6 +20,7 @@
 //! it would pin hyper's 8 KiB read buffer until it is answered. Paths not
 //! in the table are static files for GET and HEAD, 404 JSON otherwise.
 
+pub mod client_addr;
 pub mod cors;
 pub mod request;
 pub mod response;
@@ -27,6 +28,7 @@ pub mod static_files;
 
 use std::borrow::Cow;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -49,6 +51,8 @@ pub struct App {
     pub public_dir: Arc<PathBuf>,
     /// The origins whose pages may call the API (`--allow-origin`).
     pub cors: Arc<cors::Cors>,
+    /// Peers whose forwarding headers name the client (`--trusted-proxy`).
+    pub trusted_proxies: Arc<[client_addr::Cidr]>,
 }
 
 /// An API endpoint: what a row of `ROUTES` names and `route` serves.
@@ -123,8 +127,13 @@ impl Route {
 }
 
 /// The service function: never fails at the HTTP level, since every error
-/// is an answer the client should read.
-pub async fn handle(app: App, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+/// is an answer the client should read. `peer` is the connection's
+/// remote address (see `client_addr` for the client's).
+pub async fn handle(
+    app: App,
+    peer: IpAddr,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let method = request.method().clone();
     let found = Route::find(request.uri().path());
     // For the error log (see the module doc for why not the `Uri`). An API
@@ -145,7 +154,7 @@ pub async fn handle(app: App, request: Request<Incoming>) -> Result<Response<Bod
     };
     let answer = match preflight {
         Some(preflight) => Ok(preflight),
-        None => route(&app, found, request).await,
+        None => route(&app, found, peer, request).await,
     };
     let mut response = match answer {
         Ok(response) => response,
@@ -176,6 +185,7 @@ pub async fn handle(app: App, request: Request<Incoming>) -> Result<Response<Bod
 async fn route(
     app: &App,
     found: Option<&'static Route>,
+    peer: IpAddr,
     request: Request<Incoming>,
 ) -> ApiResult<Response<Body>> {
     let Some(found) = found else {
@@ -200,7 +210,11 @@ async fn route(
     let hub = &app.hub;
     match found.endpoint {
         Endpoint::Healthz => Ok(api::health::healthz()),
-        Endpoint::Join => api::session::join(hub, Params::read(request).await?).await,
+        Endpoint::Join => {
+            // Only /join limits by address, so only it reads the headers.
+            let client = client_addr::client_ip(peer, request.headers(), &app.trusted_proxies);
+            api::session::join(hub, client, Params::read(request).await?).await
+        }
         Endpoint::Sync => api::session::sync(hub, Params::read(request).await?),
         Endpoint::Poll => api::session::poll(hub, Params::read(request).await?).await,
         Endpoint::Leave => api::session::leave(hub, Params::read(request).await?),

@@ -1,10 +1,11 @@
 //! Building responses: JSON bodies with `Cache-Control: no-store` (so no
 //! proxy or old browser caches a poll), and `ApiError` as
-//! `{"error": CODE, "message": TEXT}`.
+//! `{"error": CODE, "message": TEXT}` (with `Retry-After` when the
+//! error says when to retry).
 
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 
@@ -43,6 +44,12 @@ impl ApiError {
             message: &self.message,
         })
         .expect("error bodies serialize");
-        json_bytes(self.status, body)
+        let mut response = json_bytes(self.status, body);
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }

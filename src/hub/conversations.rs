@@ -59,7 +59,8 @@ impl Hub {
         Ok(conversation)
     }
 
-    /// POST /rooms/join: joins (creating if needed) the room `name`.
+    /// POST /rooms/join: joins (creating if needed, a few an hour per
+    /// user) the room `name`.
     pub fn join_room(&self, token: &str, name: &str) -> HubResult<Conversation> {
         let token = &TokenHash::of(token);
         if !valid_name(name) {
@@ -75,7 +76,10 @@ impl Hub {
             Some(room) if room.members.contains(&user) => return Ok(room.clone()),
             Some(room) => room.members.clone(),
             None if locked.dir.rooms.len() >= MAX_ROOMS => return Err(Refusal::TooManyRooms),
-            None => Vec::new(),
+            None => {
+                self.shared.rates.room_creation(&user)?;
+                Vec::new()
+            }
         };
         members.push(user.clone());
         locked.record(Change::Room(StoredRoom {

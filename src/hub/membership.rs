@@ -4,6 +4,7 @@
 //! /users, and the presence changes that coming and going make.
 
 use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,15 +42,23 @@ pub struct Session {
 }
 
 impl Hub {
-    /// POST /join: checks or claims the name, then opens a client process.
+    /// A /join from this machine (for embedding and tests; per-address
+    /// limits count it as 127.0.0.1).
     pub async fn join(&self, name: &str, password: &str) -> HubResult<Session> {
+        self.join_from(name, password, IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .await
+    }
+
+    /// POST /join from the client address `from`: checks or claims the
+    /// name, then opens a client process.
+    pub async fn join_from(&self, name: &str, password: &str, from: IpAddr) -> HubResult<Session> {
         if !valid_name(name) {
             return Err(Refusal::InvalidUserName);
         }
         if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
             return Err(Refusal::InvalidPassword);
         }
-        self.check_password(name, password).await?;
+        self.check_password(name, password, from).await?;
 
         let now = Instant::now();
         let (session, ticket) = {
@@ -76,13 +85,19 @@ impl Hub {
         Ok(session)
     }
 
-    async fn check_password(&self, name: &str, password: &str) -> HubResult<()> {
+    /// Checks `password` for `name`, or claims the name with it. Limited
+    /// before any hashing: wrong passwords per (name, address), new
+    /// accounts per address, and the hashing queue (`Busy`).
+    async fn check_password(&self, name: &str, password: &str, from: IpAddr) -> HubResult<()> {
         let store = &self.shared.store;
         let hasher = &self.shared.hasher;
+        let rates = &self.shared.rates;
+        rates.password_try(name, from)?;
         let stored = match store.password_hash(name).await? {
             Some(stored) => stored,
             None => {
-                let hash = hasher.hash(password).await;
+                rates.signup(name, from)?;
+                let hash = hasher.hash(password).await.map_err(busy)?;
                 let created = store.create_account(name, &hash).await.map_err(|_| {
                     StoreError("the store stopped while creating an account".into())
                 })??;
@@ -95,9 +110,10 @@ impl Hub {
                 })?
             }
         };
-        if hasher.verify(password, &stored).await {
+        if hasher.verify(password, &stored).await.map_err(busy)? {
             Ok(())
         } else {
+            rates.wrong_password(name, from);
             Err(Refusal::BadCredentials {
                 name: name.to_owned(),
             })
@@ -119,13 +135,21 @@ impl Hub {
         Ok(session)
     }
 
-    /// POST /status.
+    /// POST /status, a few times a second at most per client process.
     pub fn set_status(&self, token: &str, status: Status) -> HubResult<()> {
         let token = &TokenHash::of(token);
         let now = Instant::now();
         let mut locked = self.lock_all();
         let client = locked.client_of(token)?;
         let user = locked.user_of(client, token)?;
+        if let Some(id) = locked
+            .shard(client.shard)
+            .clients
+            .get(client.key)
+            .map(|c| c.id)
+        {
+            self.shared.rates.status_change(id)?;
+        }
         if locked.set_presence(&user, status) {
             locked.wake_all(Wake::Presence, now);
         }
@@ -342,6 +366,10 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+fn busy(auth::Busy(wait): auth::Busy) -> Refusal {
+    Refusal::Busy { wait }
 }
 
 fn millis(duration: Duration) -> u64 {

@@ -21,6 +21,7 @@
 //! - `conversations`: /dialog, /rooms/join, /rooms/leave, /api/publish;
 //! - `membership`: /join, /sync, /leave, /status, /users — opening and
 //!   closing client processes;
+//! - `rates`: the rate limits' state — per address, user, client process;
 //! - `restore`: rebuilding the live state from the store at start;
 //! - `sweeper`: the inactivity sweeper task and what it sweeps;
 //! - the data structures they work on: `clients`, `mailbox`,
@@ -35,6 +36,7 @@ mod membership;
 pub mod online;
 mod poll;
 pub mod presence;
+mod rates;
 mod refusal;
 mod restore;
 mod send;
@@ -51,6 +53,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::auth::PasswordHasherPool;
+use crate::limits::Limits;
 use crate::store::{Store, StoreError};
 use clients::Wake;
 use delivery::{Committer, Log};
@@ -59,7 +62,7 @@ use sweeper::SweeperAlarm;
 
 pub use conversations::PublishReport;
 pub use membership::{valid_name, Session};
-pub use refusal::{HubResult, Refusal};
+pub use refusal::{HubResult, Limited, Refusal};
 
 /// Counts of everything the hub holds, for leak checks and diagnostics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -104,6 +107,8 @@ struct Shared {
     store: Arc<dyn Store>,
     config: HubConfig,
     hasher: PasswordHasherPool,
+    /// Rate limits' state (see `rates`).
+    rates: rates::Rates,
     /// Wakes the sweeper task early (see `sweeper::SweeperAlarm`).
     sweeper: Arc<SweeperAlarm>,
     /// The highest store ticket made durable.
@@ -122,8 +127,18 @@ struct Shared {
 }
 
 impl Hub {
-    /// Builds the hub over a store, resuming the state it kept.
+    /// Builds the hub over a store, resuming the state it kept, with the
+    /// default limits.
     pub fn new(store: Arc<dyn Store>, config: HubConfig) -> Result<Hub, StoreError> {
+        Hub::with_limits(store, config, Limits::default())
+    }
+
+    /// Builds the hub over a store, resuming the state it kept.
+    pub fn with_limits(
+        store: Arc<dyn Store>,
+        config: HubConfig,
+        limits: Limits,
+    ) -> Result<Hub, StoreError> {
         let snapshot = store.load()?;
         let sweeper = Arc::new(SweeperAlarm::default());
         let durable = store.durable();
@@ -142,7 +157,13 @@ impl Hub {
                 keeps_live_state: store.keeps_live_state(),
                 store,
                 config,
-                hasher: PasswordHasherPool::new(config.argon2_memory_kib, config.argon2_iterations),
+                hasher: PasswordHasherPool::new(
+                    config.argon2_memory_kib,
+                    config.argon2_iterations,
+                    limits.hash_waiters,
+                    limits.hash_wait,
+                ),
+                rates: rates::Rates::new(&limits),
                 sweeper,
                 durable,
                 shutting_down: AtomicBool::new(false),

@@ -3,6 +3,8 @@
 //! `crate::error` maps each variant to the status, code and message the API
 //! answers.
 
+use std::time::Duration;
+
 use crate::store::StoreError;
 
 /// What the hub's operations return.
@@ -50,8 +52,31 @@ pub enum Refusal {
     NotARoom,
     /// A /join or /send did not become durable in time; a retry is safe.
     NotStored,
+    /// Something was done too often (see `crate::limits`); a retry after
+    /// `wait` may succeed.
+    RateLimited { limited: Limited, wait: Duration },
+    /// Too many /join requests wait to have a password checked; a retry
+    /// after `wait` may succeed.
+    Busy { wait: Duration },
+    /// /join with a new name while sign-ups are closed.
+    SignupClosed { name: String },
     /// The store failed to read or write (logged where it happened).
     StoreUnavailable,
+}
+
+/// Which rate limit a `Refusal::RateLimited` hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    /// New accounts per client address.
+    Signups,
+    /// Wrong passwords per (name, client address).
+    WrongPasswords,
+    /// /status calls per client process.
+    StatusChanges,
+    /// Messages per user.
+    Sends,
+    /// Rooms created per user.
+    RoomCreations,
 }
 
 impl From<StoreError> for Refusal {

@@ -82,6 +82,9 @@ impl Hub {
                     break 'locked (first, self.shared.last_ticket());
                 }
             }
+            // A new message (not a retry, answered above): counted against
+            // the sender's rate.
+            self.shared.rates.send(client.shard, &user)?;
             // Numbered with the members' shards held: any two messages of
             // one conversation reach every member in id order.
             let id = self.shared.last_message_id.fetch_add(1, Ordering::Relaxed) + 1;

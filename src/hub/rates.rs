@@ -1,0 +1,96 @@
+//! The state of the hub's rate limits (policy and bounds in
+//! `crate::limits`): when a client address may next create an account or
+//! try a name's password, a client process change its status, and a user
+//! send or create a room.
+//!
+//! Each limiter is a leaf lock: taken briefly, possibly while the hub's
+//! locks are held, and nothing is taken while holding it. The per-user
+//! send buckets are split like the shards (by the sender's shard), so
+//! senders of different shards never share a lock; the others are on
+//! paths that already serialize (/join hashing, `lock_all`).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::locks::SHARDS;
+use super::{HubResult, Limited, Refusal};
+use crate::config::SignupMode;
+use crate::limits::{Limiter, Limits};
+
+pub(super) struct Rates {
+    signup: SignupMode,
+    /// New accounts by client address.
+    signups: Limiter<IpAddr>,
+    /// Wrong passwords by (name, client address).
+    wrong_passwords: Limiter<(String, IpAddr)>,
+    /// /status calls by client process id.
+    statuses: Limiter<u64>,
+    /// Rooms created by user.
+    rooms: Limiter<String>,
+    /// Messages by sender, one limiter per shard of the sender.
+    sends: Box<[Limiter<String>]>,
+}
+
+impl Rates {
+    pub(super) fn new(limits: &Limits) -> Rates {
+        Rates {
+            signup: limits.signup,
+            signups: Limiter::new(limits.signups_per_ip),
+            wrong_passwords: Limiter::new(limits.password_failures),
+            statuses: Limiter::new(limits.status_changes),
+            rooms: Limiter::new(limits.room_creations),
+            sends: (0..SHARDS).map(|_| Limiter::new(limits.sends)).collect(),
+        }
+    }
+
+    /// Whether `client` may create the account `name` now.
+    pub(super) fn signup(&self, name: &str, client: IpAddr) -> HubResult<()> {
+        if self.signup == SignupMode::Closed {
+            return Err(Refusal::SignupClosed {
+                name: name.to_owned(),
+            });
+        }
+        let taken = self.signups.take(&client, Instant::now());
+        taken.map_err(limited(Limited::Signups))
+    }
+
+    /// Whether `client` may try a password for `name` now: not after too
+    /// many wrong ones.
+    pub(super) fn password_try(&self, name: &str, client: IpAddr) -> HubResult<()> {
+        let key = (name.to_owned(), client);
+        let checked = self.wrong_passwords.check(&key, Instant::now());
+        checked.map_err(limited(Limited::WrongPasswords))
+    }
+
+    /// Counts a wrong password from `client` for `name`.
+    pub(super) fn wrong_password(&self, name: &str, client: IpAddr) {
+        // Refused means the pair is used up already: the next try is.
+        let _ = self
+            .wrong_passwords
+            .take(&(name.to_owned(), client), Instant::now());
+    }
+
+    /// Whether client process `client` may call /status now.
+    pub(super) fn status_change(&self, client: u64) -> HubResult<()> {
+        let taken = self.statuses.take(&client, Instant::now());
+        taken.map_err(limited(Limited::StatusChanges))
+    }
+
+    /// Whether `user` may create a room now.
+    pub(super) fn room_creation(&self, user: &str) -> HubResult<()> {
+        let taken = self.rooms.take(user, Instant::now());
+        taken.map_err(limited(Limited::RoomCreations))
+    }
+
+    /// Whether `user`, of shard `shard`, may send a message now.
+    pub(super) fn send(&self, shard: usize, user: &str) -> HubResult<()> {
+        let taken = self.sends[shard % SHARDS].take(user, Instant::now());
+        taken.map_err(limited(Limited::Sends))
+    }
+}
+
+fn limited(limited: Limited) -> impl Fn(Duration) -> Refusal {
+    move |wait| Refusal::RateLimited { limited, wait }
+}
