@@ -56,6 +56,15 @@ pub const MAX_PUBLISH_USERS: usize = 10_000;
 /// each, so a burst of /join must queue rather than exhaust memory and CPU.
 pub const MAX_CONCURRENT_PASSWORD_HASHES: usize = 4;
 
+/// Changes queued for the SQLite writer beyond which requests that change
+/// state are refused at once (503 `store_unavailable`) instead of queuing
+/// behind a stalled disk without limit. Commits drain thousands a second,
+/// so only a stall ever fills it.
+pub const STORE_QUEUE_MAX: usize = 16_384;
+/// /healthz answers 503 `store_stalled` once the oldest uncommitted change
+/// has waited this long (commits normally take milliseconds).
+pub const STORE_STALL_AFTER: Duration = Duration::from_secs(5);
+
 /// How hard each commit is pushed to disk (`--sync`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SyncMode {

@@ -180,7 +180,7 @@ async fn route(
     }
     let hub = &app.hub;
     match found.endpoint {
-        Endpoint::Healthz => Ok(api::health::healthz()),
+        Endpoint::Healthz => api::health::healthz(hub),
         Endpoint::Join => api::session::join(hub, Params::read(request).await?).await,
         Endpoint::Sync => api::session::sync(hub, Params::read(request).await?),
         Endpoint::Poll => api::session::poll(hub, Params::read(request).await?).await,

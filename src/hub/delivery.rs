@@ -65,7 +65,7 @@ use crate::store::{Change, Store};
 /// How long a /join or /send waits for its changes to become durable before
 /// giving up with `NotStored` (the client retries; a /send with the same
 /// `client_msg_id`).
-const SEND_DURABILITY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const SEND_DURABILITY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Mailbox trims are written to the store once the start moved this far.
 const TRIM_WRITE_STEP: u64 = 256;
 
@@ -371,13 +371,30 @@ impl Hub {
         // hub) and a poll (hub, then watch) deadlock once the store writer
         // queues for the watch's write lock.
         let reached = matches!(waiting.await, Ok(Ok(_)));
-        if !reached {
+        if !reached || self.shared.store.rejected(ticket) {
             return Err(Refusal::NotStored);
         }
         // Wake the operation's readers from here, rather than one task hop
         // later from `run_visibility`.
         self.advance_durable(self.shared.durable_through());
         Ok(())
+    }
+
+    /// Refuses at once (`StoreUnavailable`) while the store's queue is
+    /// beyond its bound: called before an operation that will wait for
+    /// durability changes anything, so that a stalled disk turns requests
+    /// away instead of queuing them without limit.
+    pub(super) fn require_store_room(&self) -> HubResult<()> {
+        if self.shared.store.has_room() {
+            Ok(())
+        } else {
+            Err(Refusal::StoreUnavailable)
+        }
+    }
+
+    /// Ok while the store commits; otherwise why not (for /healthz).
+    pub fn store_health(&self) -> Result<(), String> {
+        self.shared.store.health()
     }
 
     /// Makes events up to `ticket` visible and wakes their readers.

@@ -347,3 +347,64 @@ fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+fn sent(id: u64, text: &str, client_msg_id: &str) -> Message {
+    Message {
+        id,
+        conversation: "lobby".into(),
+        from: "ann".into(),
+        text: text.into(),
+        at: unix_millis(),
+        client_msg_id: Some(client_msg_id.into()),
+    }
+}
+
+fn message_with_id(id: u64, text: &str, client_msg_id: &str) -> Change {
+    Change::Message(sent(id, text, client_msg_id))
+}
+
+fn history_texts(store: &SqliteStore) -> Vec<String> {
+    store
+        .history("lobby", None, 100)
+        .unwrap()
+        .into_iter()
+        .map(|message| message.text)
+        .collect()
+}
+
+#[test]
+fn a_duplicate_client_msg_id_resolves_to_the_first_message_and_blocks_nothing() {
+    let dir = tempdir("duplicate");
+    let store = SqliteStore::open(&dir, options()).unwrap();
+    // A retry the hub could not recognise (its first send had left the
+    // recent window and was not durable yet) arrives as a second message.
+    store.submit(1, vec![message_with_id(1, "first", "same")]);
+    store.submit(2, vec![message_with_id(2, "retry", "same")]);
+    store.submit(3, vec![message_with_id(3, "later", "other")]);
+    wait_durable(&store, 3);
+    assert_eq!(history_texts(&store), ["first", "later"]);
+    assert!(!store.rejected(2), "a duplicate is not a failure");
+    let first = store
+        .stored_first(&sent(2, "retry", "same"))
+        .expect("the retry resolves to the first");
+    assert_eq!((first.id, first.text.as_str()), (1, "first"));
+    assert_eq!(
+        store.find_sent("ann", "same").unwrap().map(|m| m.id),
+        Some(1)
+    );
+}
+
+#[test]
+fn a_change_that_cannot_be_written_is_rejected_alone() {
+    let dir = tempdir("rejected");
+    let store = SqliteStore::open(&dir, options()).unwrap();
+    store.submit(1, vec![message_with_id(1, "first", "a")]);
+    // The same id again: a primary key violation no retry can cure.
+    store.submit(2, vec![message_with_id(1, "clash", "b")]);
+    store.submit(3, vec![message_with_id(3, "later", "c")]);
+    wait_durable(&store, 3);
+    assert!(store.rejected(2));
+    assert!(!store.rejected(1) && !store.rejected(3));
+    assert_eq!(history_texts(&store), ["first", "later"]);
+    assert_eq!(store.health(), Ok(()));
+}

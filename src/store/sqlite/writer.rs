@@ -30,20 +30,34 @@
 //! so that the checkpoint completes and the WAL starts over rather than
 //! grow.
 //!
+//! Failure: a write that fails for a reason of its own (a constraint, see
+//! `apply::is_fault_of_the_write`) is rejected alone and the batch commits
+//! without it; its ticket is still published, and `rejected` tells its
+//! waiter. A failure of the storage (a full disk) puts the batch back at the
+//! queue's front, and the writer thread retries it with backoff while
+//! waiters time out; `health` reports the stall, and requests are refused
+//! at once while the queue is beyond `STORE_QUEUE_MAX`. The writer thread
+//! runs under `run_supervised`: a panic is logged and the loop restarted.
+//!
 //! What a batch or a housekeeping pass writes is `apply`'s; this file
 //! decides only when, on which thread, and what happens on failure.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, ErrorCode};
 use tokio::sync::{oneshot, watch};
 
-use super::apply::{collect_deliveries, delivery_cutoff, prune_history, write_batch, Write};
-use crate::config::SyncMode;
-use crate::store::{Change, StoreResult};
+use super::apply::{
+    collect_deliveries, delivery_cutoff, is_fault_of_the_write, prune_history, write_batch,
+    Outcome, Write, Written,
+};
+use crate::config::{SyncMode, STORE_QUEUE_MAX, STORE_STALL_AFTER};
+use crate::event::Message;
+use crate::store::{Change, StoreError, StoreResult};
 
 /// Jobs taken per transaction at most, so one commit stays bounded.
 const MAX_JOBS_PER_COMMIT: usize = 4096;
@@ -57,6 +71,11 @@ pub(super) const DELIVERIES_PER_DELETE: u64 = 1024;
 const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
 /// Longest pause between retries of a failed commit.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(2);
+/// Pause before the writer loop is restarted after a panic.
+const RESTART_AFTER_PANIC: Duration = Duration::from_secs(1);
+/// Rejected tickets and duplicate messages remembered for their waiters
+/// (the newest; a waiter reads its own within `SEND_DURABILITY_TIMEOUT`).
+const OUTCOMES_REMEMBERED: usize = 4096;
 /// Once shutdown has begun, a failing commit is retried this long at most.
 const SHUTDOWN_RETRY_LIMIT: Duration = Duration::from_secs(5);
 /// Checkpoint after this many commits (a commit is a few WAL pages; SQLite's
@@ -105,8 +124,14 @@ impl Job {
     }
 }
 
+/// A job, and when it was queued: the oldest tells whether commits keep up.
+struct Queued {
+    job: Job,
+    at: Instant,
+}
+
 struct Queue {
-    jobs: VecDeque<Job>,
+    jobs: VecDeque<Queued>,
     /// False once the store is shutting down: the writer drains and exits.
     open: bool,
     /// Set by whoever wants the writer thread to run even with the queue
@@ -128,6 +153,24 @@ pub(super) struct Writer {
     /// Some batch moved a mailbox window: old deliveries may be deletable.
     windows_moved: AtomicBool,
     commits_since_checkpoint: AtomicU32,
+    /// `queue.jobs.len()`, written under the queue's lock, read without it.
+    queued: AtomicUsize,
+    /// Why the storage failed the last commit; None once one succeeds.
+    failing: Mutex<Option<String>>,
+    /// What happened to some writes, for their waiters (`outcomes`).
+    outcomes: Mutex<Outcomes>,
+    /// Whether `outcomes` holds anything, so that no send locks it in vain.
+    any_outcome: AtomicBool,
+    /// False once the writer thread has ended other than by `close`.
+    alive: AtomicBool,
+}
+
+/// The newest rejected tickets and duplicate messages, bounded.
+#[derive(Default)]
+struct Outcomes {
+    rejected: VecDeque<u64>,
+    /// (id of the message kept out, the message stored first).
+    duplicates: VecDeque<(u64, Message)>,
 }
 
 impl Writer {
@@ -151,6 +194,11 @@ impl Writer {
             stopping: AtomicBool::new(false),
             windows_moved: AtomicBool::new(false),
             commits_since_checkpoint: AtomicU32::new(0),
+            queued: AtomicUsize::new(0),
+            failing: Mutex::new(None),
+            outcomes: Mutex::new(Outcomes::default()),
+            any_outcome: AtomicBool::new(false),
+            alive: AtomicBool::new(true),
         })
     }
 
@@ -188,7 +236,11 @@ impl Writer {
             tracing::error!("the store writer has stopped; a write was dropped");
             return;
         }
-        queue.jobs.push_back(job);
+        queue.jobs.push_back(Queued {
+            job,
+            at: Instant::now(),
+        });
+        self.queued.store(queue.jobs.len(), Ordering::Relaxed);
         if !(waiter_commits && self.inline) {
             queue.wake_writer = true;
             self.work.notify_one();
@@ -223,48 +275,53 @@ impl Writer {
     }
 
     /// Drains the queue into one transaction and publishes its tickets.
-    /// With `retry`, a failing write is retried with backoff (the writer
-    /// thread); without, the batch goes back to the queue's front and this
-    /// returns false (an inline committer, which must not sleep).
+    /// When the storage fails it, the batch goes back to the queue's front
+    /// and this returns false: the writer thread retries after a pause, an
+    /// inline committer (which must not sleep) leaves it to the writer.
     fn commit_queued(&self, connection: &mut Connection, retry: bool) -> bool {
-        let batch: Vec<Job> = {
+        let batch: Vec<Queued> = {
             let mut queue = self.queue();
             let take = queue.jobs.len().min(MAX_JOBS_PER_COMMIT);
-            queue.jobs.drain(..take).collect()
+            let batch = queue.jobs.drain(..take).collect();
+            self.queued.store(queue.jobs.len(), Ordering::Relaxed);
+            batch
         };
         if batch.is_empty() {
             return true;
         }
-        let mut backoff = Duration::from_millis(10);
-        let mut stopping_since: Option<Instant> = None;
-        let outcome = loop {
-            match write_batch(connection, batch.iter().map(Job::write)) {
-                Ok(outcome) => break outcome,
-                Err(e) if !retry => {
+        let writes = || batch.iter().map(|queued| queued.job.write());
+        let written = match write_batch(connection, writes(), false) {
+            // One write's own fault: try again with each write apart, so
+            // that only the culprit is left out.
+            Err(e) if is_fault_of_the_write(&e) => write_batch(connection, writes(), true),
+            result => result,
+        };
+        let written = match written {
+            Ok(written) => written,
+            Err(e) => {
+                // Nothing is acknowledged until written: waiters time out
+                // with 503 while the disk is failing, and a retried /send
+                // finds its first attempt still queued here.
+                if retry {
+                    tracing::error!(error = %e, jobs = batch.len(), "store commit failed; retrying");
+                } else {
                     tracing::warn!(error = %e, "inline store commit failed; the writer thread retries");
-                    let mut queue = self.queue();
-                    for job in batch.into_iter().rev() {
-                        queue.jobs.push_front(job);
-                    }
-                    return false;
                 }
-                Err(e) => {
-                    // Nothing is acknowledged until written: senders wait (and
-                    // time out with 503) while the disk is failing. At
-                    // shutdown, give up after a bound rather than hang.
-                    if self.stopping.load(Ordering::SeqCst) {
-                        let since = *stopping_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() > SHUTDOWN_RETRY_LIMIT {
-                            tracing::error!(error = %e, jobs = batch.len(), "store commit still failing at shutdown; these changes are lost");
-                            return false;
-                        }
-                    }
-                    tracing::error!(error = %e, "store commit failed; retrying in {backoff:?}");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
+                *lock(&self.failing) = Some(describe(&e));
+                let mut queue = self.queue();
+                for queued in batch.into_iter().rev() {
+                    queue.jobs.push_front(queued);
                 }
+                self.queued.store(queue.jobs.len(), Ordering::Relaxed);
+                queue.wake_writer = true;
+                self.work.notify_one();
+                return false;
             }
         };
+        if lock(&self.failing).take().is_some() {
+            tracing::info!("store commits succeed again");
+        }
+        let batch: Vec<Job> = batch.into_iter().map(|queued| queued.job).collect();
         if batch.iter().any(|job| {
             matches!(job, Job::Submit { changes, .. } if changes.iter().any(|change| {
                 matches!(change, Change::MailboxWindow { .. } | Change::MailboxClosed { .. })
@@ -272,15 +329,32 @@ impl Writer {
         }) {
             self.windows_moved.store(true, Ordering::Relaxed);
         }
+        let Written {
+            outcomes,
+            duplicates,
+        } = written;
         let mut highest_ticket = None;
-        for (job, created) in batch.into_iter().zip(outcome) {
-            match job {
-                Job::Submit { ticket, .. } => highest_ticket = Some(ticket),
-                Job::CreateAccount { reply, .. } => {
+        let mut rejected = Vec::new();
+        for (job, outcome) in batch.into_iter().zip(outcomes) {
+            match (job, outcome) {
+                (Job::Submit { ticket, .. }, outcome) => {
+                    highest_ticket = Some(ticket);
+                    if let Outcome::Rejected(why) = outcome {
+                        tracing::error!(ticket, error = %why, "a change could not be stored and was dropped");
+                        rejected.push(ticket);
+                    }
+                }
+                (Job::CreateAccount { reply, .. }, Outcome::Written { created }) => {
                     let _ = reply.send(Ok(created));
+                }
+                (Job::CreateAccount { reply, .. }, Outcome::Rejected(why)) => {
+                    let _ = reply.send(Err(StoreError(why)));
                 }
             }
         }
+        // Recorded before the tickets are published: a waiter reads them
+        // once its ticket is durable.
+        self.remember(rejected, duplicates);
         if let Some(ticket) = highest_ticket {
             // Published while the connection is held: tickets only grow.
             self.durable.send_replace(ticket);
@@ -303,6 +377,8 @@ impl Writer {
     pub(super) fn run(&self, history_retention: Option<Duration>) {
         let mut next_pruning = Instant::now();
         let mut next_gc = Instant::now();
+        let mut backoff = Duration::from_millis(10);
+        let mut stopping_since: Option<Instant> = None;
         loop {
             if Instant::now() >= next_gc && self.windows_moved.swap(false, Ordering::Relaxed) {
                 self.collect_deliveries();
@@ -352,12 +428,113 @@ impl Writer {
                 }
                 continue;
             }
-            let mut connection = self.connection();
-            // Returns false only when giving up at shutdown.
-            if !self.commit_queued(&mut connection, true) {
+            if self.commit_queued(&mut self.connection(), true) {
+                backoff = Duration::from_millis(10);
+                continue;
+            }
+            // The storage failed: pause (without the connection, so an
+            // inline committer may try meanwhile), then retry. At shutdown,
+            // give up after a bound rather than hang.
+            if self.stopping.load(Ordering::SeqCst)
+                && stopping_since.get_or_insert_with(Instant::now).elapsed() > SHUTDOWN_RETRY_LIMIT
+            {
+                let mut queue = self.queue();
+                tracing::error!(
+                    jobs = queue.jobs.len(),
+                    "store commit still failing at shutdown; these changes are lost"
+                );
+                queue.jobs.clear();
+                self.queued.store(0, Ordering::Relaxed);
                 return;
             }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
         }
+    }
+
+    /// Runs the writer thread's loop until it returns; a panic in it is
+    /// logged and the loop started again (its state is all in `self`, and
+    /// every lock here recovers from poisoning). Marks the writer dead if
+    /// the loop ends before `close`.
+    pub(super) fn run_supervised(&self, history_retention: Option<Duration>) {
+        loop {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| self.run(history_retention))) {
+                Ok(()) => break,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(panic = %what, "the store writer panicked; restarting it");
+                    std::thread::sleep(RESTART_AFTER_PANIC);
+                }
+            }
+        }
+        if !self.stopping.load(Ordering::SeqCst) {
+            tracing::error!("the store writer stopped; nothing will be committed");
+            self.alive.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the queue is below its bound (see `STORE_QUEUE_MAX`).
+    pub(super) fn has_room(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) < STORE_QUEUE_MAX
+    }
+
+    /// Ok while commits keep up; otherwise why not.
+    pub(super) fn health(&self) -> Result<(), String> {
+        if !self.alive.load(Ordering::SeqCst) {
+            return Err("the store writer has stopped; restart parlor".into());
+        }
+        let oldest = self.queue().jobs.front().map(|queued| queued.at.elapsed());
+        match oldest {
+            Some(waited) if waited > STORE_STALL_AFTER => {
+                let why = lock(&self.failing)
+                    .clone()
+                    .unwrap_or_else(|| "commits are not keeping up".into());
+                Err(format!(
+                    "nothing was committed for {} s: {why}",
+                    waited.as_secs()
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn remember(&self, rejected: Vec<u64>, duplicates: Vec<(u64, Message)>) {
+        if rejected.is_empty() && duplicates.is_empty() {
+            return;
+        }
+        let mut outcomes = lock(&self.outcomes);
+        outcomes.rejected.extend(rejected);
+        outcomes.duplicates.extend(duplicates);
+        let excess = outcomes.rejected.len().saturating_sub(OUTCOMES_REMEMBERED);
+        outcomes.rejected.drain(..excess);
+        let excess = outcomes
+            .duplicates
+            .len()
+            .saturating_sub(OUTCOMES_REMEMBERED);
+        outcomes.duplicates.drain(..excess);
+        self.any_outcome.store(true, Ordering::Release);
+    }
+
+    /// Whether the changes under `ticket` were rejected (see `Outcome`).
+    pub(super) fn rejected(&self, ticket: u64) -> bool {
+        self.any_outcome.load(Ordering::Acquire) && lock(&self.outcomes).rejected.contains(&ticket)
+    }
+
+    /// The message stored first, if message `id` was kept out as a repeat.
+    pub(super) fn stored_first(&self, id: u64) -> Option<Message> {
+        if !self.any_outcome.load(Ordering::Acquire) {
+            return None;
+        }
+        let outcomes = lock(&self.outcomes);
+        let found = outcomes
+            .duplicates
+            .iter()
+            .find(|(kept_out, _)| *kept_out == id);
+        found.map(|(_, first)| first.clone())
     }
 
     /// Stops taking jobs; the writer thread writes what is queued and exits.
@@ -418,6 +595,20 @@ impl Writer {
         // Without this, under a steady stream of commits no checkpoint ever
         // catches up, and the WAL grows by gigabytes a minute.
         passive_checkpoint(&self.connection());
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A storage failure in a few words, for /healthz.
+fn describe(error: &rusqlite::Error) -> String {
+    match error.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => "the disk is full".into(),
+        _ => error.to_string(),
     }
 }
 
