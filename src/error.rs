@@ -157,7 +157,7 @@ impl From<Refusal> for ApiError {
             Refusal::NotStored => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_stored",
-                "the message could not be stored in time; retry with the same client_msg_id",
+                "the change could not be stored in time; retry (a /send with the same client_msg_id)",
             ),
             Refusal::StoreUnavailable => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -7,8 +7,16 @@
 
 mod common;
 
+use std::future::Future;
+use std::io::Write;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use common::{join_all, of_type, test_config, Answer, TestClient, TestServer};
+use hyper::Method;
 
 use parlor::event::Message;
 use parlor::hub::{Hub, HubConfig};
@@ -96,7 +104,7 @@ impl Store for Stalling {
     }
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
+fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("parlor-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
@@ -206,4 +214,220 @@ async fn a_retry_of_a_send_still_on_its_way_to_disk_is_stored_once() {
     assert_eq!(hub.store_health(), Ok(()));
     store.close();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A tmpfs of a few MiB mounted on a fresh directory: a disk that really
+/// fills. Unmounted (lazily: the server may still hold files) when dropped.
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// None (the test is skipped, saying so) when not running as root.
+    fn mount(name: &str, size: &str) -> Option<Tmpfs> {
+        let uid = Command::new("id").arg("-u").output().ok()?;
+        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        let dir = temp_dir(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("mount runs");
+        assert!(mounted.success(), "mount -t tmpfs on {}", dir.display());
+        Some(Tmpfs { dir })
+    }
+
+    /// Writes a file until the disk is full; returns its path.
+    fn fill(&self) -> PathBuf {
+        let path = self.dir.join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        for chunk in [64 * 1024, 1024, 1] {
+            let bytes = vec![0u8; chunk];
+            loop {
+                match file.write_all(&bytes) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+                    Err(e) => panic!("filling the disk: {e}"),
+                }
+            }
+        }
+        let _ = file.sync_all();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// How many messages of `conversation` carry `client_msg_id`, read through
+/// /history (every page).
+async fn stored_copies(client: &TestClient<'_>, conversation: &str, client_msg_id: &str) -> usize {
+    let mut copies = 0;
+    let mut before: Option<u64> = None;
+    loop {
+        let mut query = vec![
+            ("conversation", conversation.to_owned()),
+            ("limit", "200".into()),
+        ];
+        if let Some(before) = before {
+            query.push(("before", before.to_string()));
+        }
+        let query: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let answer = client.get("/history", &query).await;
+        assert_eq!(answer.status, 200, "history: {}", answer.text);
+        let messages = answer.json["messages"].as_array().unwrap().clone();
+        let Some(oldest) = messages.first() else {
+            return copies;
+        };
+        before = oldest["id"].as_u64();
+        copies += messages
+            .iter()
+            .filter(|message| message["client_msg_id"] == client_msg_id)
+            .count();
+    }
+}
+
+/// A send with a `client_msg_id`, answered within `NO_HANG` or failing the
+/// test.
+async fn send_with_id(client: &TestClient<'_>, text: &str, client_msg_id: &str) -> Answer {
+    let form = [
+        ("conversation", "lobby"),
+        ("text", text),
+        ("client_msg_id", client_msg_id),
+    ];
+    tokio::time::timeout(NO_HANG, client.post("/send", &form))
+        .await
+        .expect("a /send answers rather than hang")
+}
+
+/// The disk fills up under a running server: every request that changes
+/// state answers 503 within a bound (none hangs, none answers 200 for what
+/// is not stored), /healthz reports the stall, and once space is back the
+/// retried sends are each stored exactly once, also after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_answers_503_never_hangs_and_stores_each_message_once() {
+    let Some(disk) = Tmpfs::mount("full-disk", "8m") else {
+        return;
+    };
+    let mut config = test_config();
+    config.ephemeral = false;
+    config.data_dir = disk.dir.clone();
+    config.admin_token = Some("admin-secret".into());
+    let server = TestServer::start_with(config.clone()).await;
+    let ann = server.join("ann").await;
+    let mut bob = server.join("bob").await;
+    let bob_again = server.join("bob").await;
+    assert_eq!(
+        ann.post("/rooms/join", &[("name", "den")]).await.status,
+        200
+    );
+    assert_eq!(send_with_id(&ann, "before", "before").await.status, 200);
+
+    let filler = disk.fill();
+    // The WAL may still have room in pages it holds already: the disk
+    // shows once a commit needs more.
+    let mut first_failed = None;
+    for i in 0..1_000 {
+        let id = format!("s{i}");
+        let answer = send_with_id(&ann, &format!("{i} {}", "x".repeat(4000)), &id).await;
+        if answer.status == 503 {
+            assert_eq!(answer.code(), "not_stored", "{}", answer.text);
+            first_failed = Some(id);
+            break;
+        }
+        assert_eq!(answer.status, 200, "{}", answer.text);
+    }
+    let first_failed = first_failed.expect("a full disk fails a send");
+
+    let publish = server.request(
+        Method::POST,
+        "/api/publish",
+        &[
+            ("content-type", "application/json"),
+            ("authorization", "Bearer admin-secret"),
+        ],
+        br#"{"users":["ann"],"data":{"invoice":1}}"#.to_vec(),
+    );
+    let requests: Vec<Pin<Box<dyn Future<Output = Answer> + '_>>> = vec![
+        Box::pin(send_with_id(&ann, "while full", "during")),
+        Box::pin(server.post("/join", &[("name", "carol"), ("password", "pw")])),
+        Box::pin(bob.post("/rooms/join", &[("name", "den")])),
+        Box::pin(ann.post("/rooms/leave", &[("conversation", "den")])),
+        Box::pin(ann.post("/dialog", &[("with", "bob")])),
+        Box::pin(bob.post("/status", &[("status", "busy")])),
+        Box::pin(bob_again.post("/leave", &[])),
+        Box::pin(publish),
+    ];
+    let answers = tokio::time::timeout(NO_HANG, join_all(requests))
+        .await
+        .expect("every request answers while the disk is full");
+    for answer in &answers {
+        assert_eq!(answer.status, 503, "{}", answer.text);
+        assert!(
+            ["not_stored", "store_unavailable"].contains(&answer.code()),
+            "{}",
+            answer.text
+        );
+    }
+    let health = server.get("/healthz", &[]).await;
+    assert_eq!(health.status, 503, "{}", health.text);
+    assert_eq!(health.code(), "store_stalled");
+
+    std::fs::remove_file(filler).unwrap();
+    for (text, id) in [("again", first_failed.as_str()), ("while full", "during")] {
+        let mut answer = send_with_id(&ann, text, id).await;
+        // The writer retries with a backoff of up to 2 s: a retry may still
+        // find it waiting.
+        for _ in 0..5 {
+            if answer.status == 200 {
+                break;
+            }
+            answer = send_with_id(&ann, text, id).await;
+        }
+        assert_eq!(answer.status, 200, "{}", answer.text);
+    }
+    assert_eq!(server.get("/healthz", &[]).await.status, 200);
+    let ids = [first_failed.as_str(), "during", "before"];
+    for id in ids {
+        assert_eq!(
+            stored_copies(&ann, "lobby", id).await,
+            1,
+            "{id} once in history"
+        );
+    }
+    let events = bob.events_until_empty().await;
+    for id in ids {
+        let copies = of_type(&events, "message")
+            .iter()
+            .filter(|event| event["client_msg_id"] == id)
+            .count();
+        assert_eq!(copies, 1, "{id} once in bob's mailbox");
+    }
+
+    let (token, cursor, joined) = (ann.token, ann.cursor, ann.joined);
+    server.stop().await;
+    let server = TestServer::start_with(config).await;
+    let ann = TestClient {
+        server: &server,
+        name: "ann".into(),
+        token,
+        cursor,
+        joined,
+    };
+    for id in ids {
+        assert_eq!(
+            stored_copies(&ann, "lobby", id).await,
+            1,
+            "{id} once after a restart"
+        );
+    }
+    server.stop().await;
 }

@@ -408,3 +408,22 @@ fn a_change_that_cannot_be_written_is_rejected_alone() {
     assert_eq!(history_texts(&store), ["first", "later"]);
     assert_eq!(store.health(), Ok(()));
 }
+
+#[test]
+fn beyond_its_bound_the_queue_turns_waiters_away_until_it_drains() {
+    let dir = tempdir("bounded");
+    let store = SqliteStore::open(&dir, options()).unwrap();
+    let bound = crate::config::STORE_QUEUE_MAX as u64;
+    // Holding the write connection stalls every commit, as a slow disk
+    // would.
+    store.writer.try_read(|_| {
+        for ticket in 1..bound {
+            store.submit_for_waiter(ticket, Vec::new());
+        }
+        assert!(store.has_room());
+        store.submit_for_waiter(bound, Vec::new());
+        assert!(!store.has_room(), "full at the bound");
+    });
+    wait_durable(&store, bound);
+    assert!(store.has_room(), "room again once drained");
+}
