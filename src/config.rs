@@ -64,6 +64,9 @@ pub const STORE_QUEUE_MAX: usize = 16_384;
 /// /healthz answers 503 `store_stalled` once the oldest uncommitted change
 /// has waited this long (commits normally take milliseconds).
 pub const STORE_STALL_AFTER: Duration = Duration::from_secs(5);
+/// Messages deleted per statement by history retention, so that sends
+/// commit between batches rather than wait for the whole pruning.
+pub const PRUNE_BATCH_ROWS: usize = 2_000;
 
 /// How hard each commit is pushed to disk (`--sync`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

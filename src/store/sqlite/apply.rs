@@ -324,14 +324,26 @@ pub(super) fn collect_deliveries(
     )
 }
 
-/// Deletes the messages older than `retention`.
-pub(super) fn prune_history(connection: &Connection, retention: Duration) {
-    let cutoff = unix_millis().saturating_sub(retention.as_millis() as u64);
-    match connection.execute("DELETE FROM messages WHERE at < ?1", params![cutoff]) {
-        Ok(0) => {}
-        Ok(deleted) => tracing::info!(deleted, "pruned messages past the history retention"),
-        Err(e) => tracing::error!(error = %e, "pruning history failed"),
-    }
+/// Deletes up to `?2` of the oldest messages sent before `?1`, found
+/// through the index on `at`.
+pub(super) const PRUNE_HISTORY: &str = "DELETE FROM messages WHERE id IN
+     (SELECT id FROM messages WHERE at < ?1 ORDER BY at LIMIT ?2)";
+
+/// Deletes up to `chunk` of the messages sent before `cutoff` (Unix
+/// milliseconds), oldest first; returns how many it deleted.
+pub(super) fn prune_history(
+    connection: &Connection,
+    cutoff: u64,
+    chunk: usize,
+) -> rusqlite::Result<usize> {
+    connection
+        .prepare_cached(PRUNE_HISTORY)?
+        .execute(params![cutoff, chunk as u64])
+}
+
+/// The cutoff of a history retention: messages sent before it are pruned.
+pub(super) fn retention_cutoff(retention: Duration) -> u64 {
+    unix_millis().saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn status_name(status: Status) -> &'static str {

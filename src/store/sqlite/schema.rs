@@ -87,6 +87,9 @@ const MIGRATIONS: &[&str] = &[
     // 4: presence copies are not stored as deliveries (after N joins they
     // would be N² rows); the mailbox records the head they reached instead.
     "ALTER TABLE mailboxes ADD COLUMN head INTEGER NOT NULL DEFAULT 0;",
+    // 5: history retention finds old messages through an index, a bounded
+    // batch at a time, rather than scan every message holding the writer.
+    "CREATE INDEX IF NOT EXISTS messages_by_at ON messages (at);",
 ];
 
 /// The schema version this build writes.

@@ -52,10 +52,10 @@ use rusqlite::{Connection, ErrorCode};
 use tokio::sync::{oneshot, watch};
 
 use super::apply::{
-    collect_deliveries, delivery_cutoff, is_fault_of_the_write, prune_history, write_batch,
-    Outcome, Write, Written,
+    collect_deliveries, delivery_cutoff, is_fault_of_the_write, prune_history, retention_cutoff,
+    write_batch, Outcome, Write, Written,
 };
-use crate::config::{SyncMode, STORE_QUEUE_MAX, STORE_STALL_AFTER};
+use crate::config::{SyncMode, PRUNE_BATCH_ROWS, STORE_QUEUE_MAX, STORE_STALL_AFTER};
 use crate::event::Message;
 use crate::store::{Change, StoreError, StoreResult};
 
@@ -386,7 +386,7 @@ impl Writer {
             }
             if let Some(retention) = history_retention {
                 if Instant::now() >= next_pruning {
-                    prune_history(&self.connection(), retention);
+                    self.prune_history(retention);
                     next_pruning = Instant::now() + RETENTION_INTERVAL;
                 }
             }
@@ -549,7 +549,7 @@ impl Writer {
 
 impl Writer {
     /// Deletes the deliveries no mailbox holds any more, a chunk per
-    /// statement, taking the write connection for each chunk only.
+    /// statement.
     fn collect_deliveries(&self) {
         let cutoff = match delivery_cutoff(&self.connection()) {
             Ok(Some(cutoff)) => cutoff,
@@ -559,20 +559,52 @@ impl Writer {
                 return;
             }
         };
-        let mut deleted = 0;
-        loop {
-            match collect_deliveries(&self.connection(), cutoff, DELIVERIES_PER_DELETE) {
-                Ok(0) => break,
-                Ok(chunk) => deleted += chunk,
-                Err(e) => {
-                    tracing::error!(error = %e, "deleting old deliveries failed");
-                    break;
-                }
-            }
-        }
+        let deleted = self.delete_in_chunks("deleting old deliveries", |connection| {
+            collect_deliveries(connection, cutoff, DELIVERIES_PER_DELETE)
+        });
         if deleted > 0 {
             tracing::debug!(deleted, "deleted deliveries no mailbox holds");
         }
+    }
+
+    /// Deletes the messages older than `retention`, `PRUNE_BATCH_ROWS` per
+    /// statement: a first pruning of a large history deletes millions.
+    fn prune_history(&self, retention: Duration) {
+        let cutoff = retention_cutoff(retention);
+        let deleted = self.delete_in_chunks("pruning history", |connection| {
+            prune_history(connection, cutoff, PRUNE_BATCH_ROWS)
+        });
+        if deleted > 0 {
+            tracing::info!(deleted, "pruned messages past the history retention");
+        }
+    }
+
+    /// Runs `delete` (one bounded DELETE, its own transaction) until it
+    /// deletes nothing; returns how many rows went. The write connection is
+    /// taken for each chunk only, and what queued meanwhile is committed
+    /// between chunks (with `--sync full` only this thread commits), so
+    /// that sends keep committing through a long delete.
+    fn delete_in_chunks(
+        &self,
+        what: &str,
+        mut delete: impl FnMut(&Connection) -> rusqlite::Result<usize>,
+    ) -> usize {
+        let mut deleted = 0;
+        loop {
+            let mut connection = self.connection();
+            match delete(&connection) {
+                Ok(0) => break,
+                Ok(chunk) => deleted += chunk,
+                Err(e) => {
+                    tracing::error!(error = %e, "{what} failed");
+                    break;
+                }
+            }
+            if self.queued.load(Ordering::Relaxed) > 0 {
+                self.commit_queued(&mut connection, true);
+            }
+        }
+        deleted
     }
 
     fn checkpoint(&self) {
