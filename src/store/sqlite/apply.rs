@@ -3,6 +3,7 @@
 //! between commits. The writer decides when and on which thread; this file
 //! knows only the SQL.
 
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Transaction};
@@ -82,13 +83,22 @@ pub(super) fn write_batch<'a>(
     };
     let mut counters = Counters::default();
     for write in batch {
+        // A panic while applying a write is that write's fault, like a
+        // constraint: caught here, it never takes the writer thread down
+        // with a batch it had taken from the queue.
+        let mut apply_caught = |write| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                apply_write(&transaction, write, &mut counters, &mut written)
+            }))
+            .unwrap_or_else(|_| Err(panicked()))
+        };
         if !isolate {
-            let created = apply_write(&transaction, write, &mut counters, &mut written)?;
+            let created = apply_caught(write)?;
             written.outcomes.push(Outcome::Written { created });
             continue;
         }
         transaction.execute_batch("SAVEPOINT write")?;
-        match apply_write(&transaction, write, &mut counters, &mut written) {
+        match apply_caught(write) {
             Ok(created) => {
                 transaction.execute_batch("RELEASE write")?;
                 written.outcomes.push(Outcome::Written { created });
@@ -112,6 +122,12 @@ pub(super) fn write_batch<'a>(
     }
     transaction.commit()?;
     Ok(written)
+}
+
+/// The error a write that panicked fails with (none of SQLite's codes, so
+/// `is_fault_of_the_write`).
+fn panicked() -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure("applying this write panicked".into())
 }
 
 /// Applies one write; whether it created an account.

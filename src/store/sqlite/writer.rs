@@ -155,7 +155,10 @@ pub(super) struct Writer {
     commits_since_checkpoint: AtomicU32,
     /// `queue.jobs.len()`, written under the queue's lock, read without it.
     queued: AtomicUsize,
-    /// Why the storage failed the last commit; None once one succeeds.
+    /// Whether the storage failed the last commit: inline committers then
+    /// leave the retries to the writer thread's backoff...
+    storage_failing: AtomicBool,
+    /// ... and why, for /healthz.
     failing: Mutex<Option<String>>,
     /// What happened to some writes, for their waiters (`outcomes`).
     outcomes: Mutex<Outcomes>,
@@ -195,6 +198,7 @@ impl Writer {
             windows_moved: AtomicBool::new(false),
             commits_since_checkpoint: AtomicU32::new(0),
             queued: AtomicUsize::new(0),
+            storage_failing: AtomicBool::new(false),
             failing: Mutex::new(None),
             outcomes: Mutex::new(Outcomes::default()),
             any_outcome: AtomicBool::new(false),
@@ -255,7 +259,9 @@ impl Writer {
         if *self.durable.borrow() >= ticket {
             return;
         }
-        if self.inline {
+        // While the storage fails, every inline try would apply the whole
+        // queue only to fail again: the writer thread retries instead.
+        if self.inline && !self.storage_failing.load(Ordering::Relaxed) {
             let committed = match self.connection.try_lock() {
                 Ok(mut connection) => self.commit_queued(&mut connection, false),
                 Err(TryLockError::Poisoned(poisoned)) => {
@@ -308,6 +314,7 @@ impl Writer {
                     tracing::warn!(error = %e, "inline store commit failed; the writer thread retries");
                 }
                 *lock(&self.failing) = Some(describe(&e));
+                self.storage_failing.store(true, Ordering::Relaxed);
                 let mut queue = self.queue();
                 for queued in batch.into_iter().rev() {
                     queue.jobs.push_front(queued);
@@ -318,7 +325,9 @@ impl Writer {
                 return false;
             }
         };
-        if lock(&self.failing).take().is_some() {
+        if self.storage_failing.load(Ordering::Relaxed)
+            && self.storage_failing.swap(false, Ordering::Relaxed)
+        {
             tracing::info!("store commits succeed again");
         }
         let batch: Vec<Job> = batch.into_iter().map(|queued| queued.job).collect();
@@ -490,9 +499,11 @@ impl Writer {
         let oldest = self.queue().jobs.front().map(|queued| queued.at.elapsed());
         match oldest {
             Some(waited) if waited > STORE_STALL_AFTER => {
-                let why = lock(&self.failing)
-                    .clone()
-                    .unwrap_or_else(|| "commits are not keeping up".into());
+                let why = match self.storage_failing.load(Ordering::Relaxed) {
+                    true => lock(&self.failing).clone(),
+                    false => None,
+                };
+                let why = why.unwrap_or_else(|| "commits are not keeping up".into());
                 Err(format!(
                     "nothing was committed for {} s: {why}",
                     waited.as_secs()
