@@ -22,6 +22,8 @@
 //! - `load`: the `Snapshot` read once at start.
 //! - `writer`: the queue, who commits, checkpoints and housekeeping.
 //! - `apply`: the SQL of every write, run by `writer` only.
+//! - `faults`: what the writer knows of failures: a failing disk, the
+//!   writes it rejected or kept out as repeats, whether it still runs.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -32,6 +34,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 
 mod apply;
+mod faults;
 mod load;
 mod schema;
 #[cfg(test)]
@@ -318,11 +321,11 @@ impl Store for SqliteStore {
     }
 
     fn rejected(&self, ticket: u64) -> bool {
-        self.writer.rejected(ticket)
+        self.writer.faults.rejected(ticket)
     }
 
     fn stored_first(&self, message: &Message) -> Option<Message> {
-        self.writer.stored_first(message.id)
+        self.writer.faults.stored_first(message.id)
     }
 
     fn has_room(&self) -> bool {

@@ -48,15 +48,15 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, ErrorCode};
+use rusqlite::Connection;
 use tokio::sync::{oneshot, watch};
 
 use super::apply::{
     collect_deliveries, delivery_cutoff, is_fault_of_the_write, prune_history, retention_cutoff,
     write_batch, Outcome, Write, Written,
 };
-use crate::config::{SyncMode, PRUNE_BATCH_ROWS, STORE_QUEUE_MAX, STORE_STALL_AFTER};
-use crate::event::Message;
+use super::faults::Faults;
+use crate::config::{SyncMode, PRUNE_BATCH_ROWS, STORE_QUEUE_MAX};
 use crate::store::{Change, StoreError, StoreResult};
 
 /// Jobs taken per transaction at most, so one commit stays bounded.
@@ -73,9 +73,6 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(2);
 /// Pause before the writer loop is restarted after a panic.
 const RESTART_AFTER_PANIC: Duration = Duration::from_secs(1);
-/// Rejected tickets and duplicate messages remembered for their waiters
-/// (the newest; a waiter reads its own within `SEND_DURABILITY_TIMEOUT`).
-const OUTCOMES_REMEMBERED: usize = 4096;
 /// Once shutdown has begun, a failing commit is retried this long at most.
 const SHUTDOWN_RETRY_LIMIT: Duration = Duration::from_secs(5);
 /// Checkpoint after this many commits (a commit is a few WAL pages; SQLite's
@@ -155,25 +152,8 @@ pub(super) struct Writer {
     commits_since_checkpoint: AtomicU32,
     /// `queue.jobs.len()`, written under the queue's lock, read without it.
     queued: AtomicUsize,
-    /// Whether the storage failed the last commit: inline committers then
-    /// leave the retries to the writer thread's backoff...
-    storage_failing: AtomicBool,
-    /// ... and why, for /healthz.
-    failing: Mutex<Option<String>>,
-    /// What happened to some writes, for their waiters (`outcomes`).
-    outcomes: Mutex<Outcomes>,
-    /// Whether `outcomes` holds anything, so that no send locks it in vain.
-    any_outcome: AtomicBool,
-    /// False once the writer thread has ended other than by `close`.
-    alive: AtomicBool,
-}
-
-/// The newest rejected tickets and duplicate messages, bounded.
-#[derive(Default)]
-struct Outcomes {
-    rejected: VecDeque<u64>,
-    /// (id of the message kept out, the message stored first).
-    duplicates: VecDeque<(u64, Message)>,
+    /// Failures, and what became of failed writes (see `faults`).
+    pub(super) faults: Faults,
 }
 
 impl Writer {
@@ -198,11 +178,7 @@ impl Writer {
             windows_moved: AtomicBool::new(false),
             commits_since_checkpoint: AtomicU32::new(0),
             queued: AtomicUsize::new(0),
-            storage_failing: AtomicBool::new(false),
-            failing: Mutex::new(None),
-            outcomes: Mutex::new(Outcomes::default()),
-            any_outcome: AtomicBool::new(false),
-            alive: AtomicBool::new(true),
+            faults: Faults::new(),
         })
     }
 
@@ -261,7 +237,7 @@ impl Writer {
         }
         // While the storage fails, every inline try would apply the whole
         // queue only to fail again: the writer thread retries instead.
-        if self.inline && !self.storage_failing.load(Ordering::Relaxed) {
+        if self.inline && !self.faults.storage_failing() {
             let committed = match self.connection.try_lock() {
                 Ok(mut connection) => self.commit_queued(&mut connection, false),
                 Err(TryLockError::Poisoned(poisoned)) => {
@@ -313,8 +289,7 @@ impl Writer {
                 } else {
                     tracing::warn!(error = %e, "inline store commit failed; the writer thread retries");
                 }
-                *lock(&self.failing) = Some(describe(&e));
-                self.storage_failing.store(true, Ordering::Relaxed);
+                self.faults.storage_failed(&e);
                 let mut queue = self.queue();
                 for queued in batch.into_iter().rev() {
                     queue.jobs.push_front(queued);
@@ -325,9 +300,7 @@ impl Writer {
                 return false;
             }
         };
-        if self.storage_failing.load(Ordering::Relaxed)
-            && self.storage_failing.swap(false, Ordering::Relaxed)
-        {
+        if self.faults.storage_recovered() {
             tracing::info!("store commits succeed again");
         }
         let batch: Vec<Job> = batch.into_iter().map(|queued| queued.job).collect();
@@ -363,7 +336,7 @@ impl Writer {
         }
         // Recorded before the tickets are published: a waiter reads them
         // once its ticket is durable.
-        self.remember(rejected, duplicates);
+        self.faults.remember(rejected, duplicates);
         if let Some(ticket) = highest_ticket {
             // Published while the connection is held: tickets only grow.
             self.durable.send_replace(ticket);
@@ -482,7 +455,7 @@ impl Writer {
         }
         if !self.stopping.load(Ordering::SeqCst) {
             tracing::error!("the store writer stopped; nothing will be committed");
-            self.alive.store(false, Ordering::SeqCst);
+            self.faults.writer_died();
         }
     }
 
@@ -491,61 +464,10 @@ impl Writer {
         self.queued.load(Ordering::Relaxed) < STORE_QUEUE_MAX
     }
 
-    /// Ok while commits keep up; otherwise why not.
+    /// Ok while commits keep up; otherwise why not (see `Faults::health`).
     pub(super) fn health(&self) -> Result<(), String> {
-        if !self.alive.load(Ordering::SeqCst) {
-            return Err("the store writer has stopped; restart parlor".into());
-        }
         let oldest = self.queue().jobs.front().map(|queued| queued.at.elapsed());
-        match oldest {
-            Some(waited) if waited > STORE_STALL_AFTER => {
-                let why = match self.storage_failing.load(Ordering::Relaxed) {
-                    true => lock(&self.failing).clone(),
-                    false => None,
-                };
-                let why = why.unwrap_or_else(|| "commits are not keeping up".into());
-                Err(format!(
-                    "nothing was committed for {} s: {why}",
-                    waited.as_secs()
-                ))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    fn remember(&self, rejected: Vec<u64>, duplicates: Vec<(u64, Message)>) {
-        if rejected.is_empty() && duplicates.is_empty() {
-            return;
-        }
-        let mut outcomes = lock(&self.outcomes);
-        outcomes.rejected.extend(rejected);
-        outcomes.duplicates.extend(duplicates);
-        let excess = outcomes.rejected.len().saturating_sub(OUTCOMES_REMEMBERED);
-        outcomes.rejected.drain(..excess);
-        let excess = outcomes
-            .duplicates
-            .len()
-            .saturating_sub(OUTCOMES_REMEMBERED);
-        outcomes.duplicates.drain(..excess);
-        self.any_outcome.store(true, Ordering::Release);
-    }
-
-    /// Whether the changes under `ticket` were rejected (see `Outcome`).
-    pub(super) fn rejected(&self, ticket: u64) -> bool {
-        self.any_outcome.load(Ordering::Acquire) && lock(&self.outcomes).rejected.contains(&ticket)
-    }
-
-    /// The message stored first, if message `id` was kept out as a repeat.
-    pub(super) fn stored_first(&self, id: u64) -> Option<Message> {
-        if !self.any_outcome.load(Ordering::Acquire) {
-            return None;
-        }
-        let outcomes = lock(&self.outcomes);
-        let found = outcomes
-            .duplicates
-            .iter()
-            .find(|(kept_out, _)| *kept_out == id);
-        found.map(|(_, first)| first.clone())
+        self.faults.health(oldest)
     }
 
     /// Stops taking jobs; the writer thread writes what is queued and exits.
@@ -638,20 +560,6 @@ impl Writer {
         // Without this, under a steady stream of commits no checkpoint ever
         // catches up, and the WAL grows by gigabytes a minute.
         passive_checkpoint(&self.connection());
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A storage failure in a few words, for /healthz.
-fn describe(error: &rusqlite::Error) -> String {
-    match error.sqlite_error_code() {
-        Some(ErrorCode::DiskFull) => "the disk is full".into(),
-        _ => error.to_string(),
     }
 }
 
