@@ -189,13 +189,13 @@ fn send_throughput(c: &mut Criterion) {
     group.finish();
 }
 
-/// Builds (once) a database with 1M messages and 10k users, 1k of them
-/// online with full mailboxes, through the same SQL the server uses.
-fn large_database() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("startup-1m-v3");
-    let marker = dir.join("complete");
-    if marker.exists() {
-        return dir;
+/// A database built once in target/ and reused: Err(its directory) when it
+/// is complete already; else Ok with the directory and a connection to an
+/// empty database at the current schema, to fill and mark "complete".
+fn build_once(name: &str) -> Result<(PathBuf, rusqlite::Connection), PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    if dir.join("complete").exists() {
+        return Err(dir);
     }
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -203,6 +203,16 @@ fn large_database() -> PathBuf {
     db.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF;")
         .unwrap();
     parlor::store::sqlite::migrate(&mut db, parlor::store::sqlite::SCHEMA_VERSION).unwrap();
+    Ok((dir, db))
+}
+
+/// Builds (once) a database with 1M messages and 10k users, 1k of them
+/// online with full mailboxes, through the same SQL the server uses.
+fn large_database() -> PathBuf {
+    let (dir, mut db) = match build_once("startup-1m-v3") {
+        Ok(building) => building,
+        Err(built) => return built,
+    };
     let tx = db.transaction().unwrap();
     {
         let mut account = tx.prepare("INSERT INTO accounts VALUES (?1, '$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA', 0)").unwrap();
@@ -268,7 +278,7 @@ fn large_database() -> PathBuf {
         .unwrap();
     }
     tx.commit().unwrap();
-    std::fs::write(marker, b"").unwrap();
+    std::fs::write(dir.join("complete"), b"").unwrap();
     dir
 }
 
@@ -296,20 +306,11 @@ fn startup(c: &mut Criterion) {
 /// Builds (once) a database holding 1M messages sent in January 1970: all
 /// past any retention.
 fn expired_history() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "expired-1m-v{}",
-        parlor::store::sqlite::SCHEMA_VERSION
-    ));
-    let marker = dir.join("complete");
-    if marker.exists() {
-        return dir;
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut db = rusqlite::Connection::open(dir.join("parlor.db")).unwrap();
-    db.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF;")
-        .unwrap();
-    parlor::store::sqlite::migrate(&mut db, parlor::store::sqlite::SCHEMA_VERSION).unwrap();
+    let name = format!("expired-1m-v{}", parlor::store::sqlite::SCHEMA_VERSION);
+    let (dir, mut db) = match build_once(&name) {
+        Ok(building) => building,
+        Err(built) => return built,
+    };
     let tx = db.transaction().unwrap();
     {
         let mut message = tx
@@ -330,7 +331,7 @@ fn expired_history() -> PathBuf {
     tx.commit().unwrap();
     db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
         .unwrap();
-    std::fs::write(marker, b"").unwrap();
+    std::fs::write(dir.join("complete"), b"").unwrap();
     dir
 }
 
