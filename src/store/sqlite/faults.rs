@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::ErrorCode;
 
@@ -21,8 +21,8 @@ pub(super) struct Faults {
     /// Whether the storage failed the last commit: inline committers then
     /// leave the retries to the writer thread's backoff...
     storage_failing: AtomicBool,
-    /// ... and why, for /healthz.
-    why: Mutex<Option<String>>,
+    /// ... and why, since when (the first failure in a row), for /healthz.
+    why: Mutex<Option<(String, Instant)>>,
     /// What happened to some writes, for their waiters.
     outcomes: Mutex<Outcomes>,
     /// Whether `outcomes` holds anything, so that no send locks it in vain.
@@ -56,14 +56,22 @@ impl Faults {
             Some(ErrorCode::DiskFull) => "the disk is full".into(),
             _ => error.to_string(),
         };
-        *lock(&self.why) = Some(why);
+        let mut failing = lock(&self.why);
+        let since = failing
+            .as_ref()
+            .map_or_else(Instant::now, |(_, since)| *since);
+        *failing = Some((why, since));
         self.storage_failing.store(true, Ordering::Relaxed);
     }
 
     /// A commit succeeded; true if the storage had been failing.
     pub(super) fn storage_recovered(&self) -> bool {
-        self.storage_failing.load(Ordering::Relaxed)
-            && self.storage_failing.swap(false, Ordering::Relaxed)
+        let recovered = self.storage_failing.load(Ordering::Relaxed)
+            && self.storage_failing.swap(false, Ordering::Relaxed);
+        if recovered {
+            *lock(&self.why) = None;
+        }
+        recovered
     }
 
     pub(super) fn storage_failing(&self) -> bool {
@@ -76,25 +84,24 @@ impl Faults {
     }
 
     /// Ok while commits keep up; otherwise why not. `oldest`: how long the
-    /// oldest uncommitted write has waited.
+    /// oldest write in the queue has waited (None while the queue is empty,
+    /// as it is for a moment whenever a committer has taken the batch: the
+    /// storage failing since long says the same then).
     pub(super) fn health(&self, oldest: Option<Duration>) -> Result<(), String> {
         if !self.alive.load(Ordering::SeqCst) {
             return Err("the store writer has stopped; restart parlor".into());
         }
-        match oldest {
-            Some(waited) if waited > STORE_STALL_AFTER => {
-                let why = match self.storage_failing() {
-                    true => lock(&self.why).clone(),
-                    false => None,
-                };
-                let why = why.unwrap_or_else(|| "commits are not keeping up".into());
-                Err(format!(
-                    "nothing was committed for {} s: {why}",
-                    waited.as_secs()
-                ))
-            }
-            _ => Ok(()),
+        let failing = lock(&self.why).clone();
+        let failing_for = failing.as_ref().map(|(_, since)| since.elapsed());
+        let waited = oldest.max(failing_for).unwrap_or_default();
+        if waited <= STORE_STALL_AFTER {
+            return Ok(());
         }
+        let why = failing.map_or_else(|| "commits are not keeping up".into(), |(why, _)| why);
+        Err(format!(
+            "nothing was committed for {} s: {why}",
+            waited.as_secs()
+        ))
     }
 
     /// Records what a batch rejected or kept out, before its tickets are
