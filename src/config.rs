@@ -66,7 +66,7 @@ pub const STORE_QUEUE_MAX: usize = 16_384;
 pub const STORE_STALL_AFTER: Duration = Duration::from_secs(5);
 /// Messages deleted per statement by history retention, so that sends
 /// commit between batches rather than wait for the whole pruning.
-pub const PRUNE_BATCH_ROWS: usize = 2_000;
+pub const PRUNE_BATCH_ROWS: usize = 500;
 
 /// How hard each commit is pushed to disk (`--sync`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -67,6 +67,9 @@ const DELIVERY_GC_INTERVAL: Duration = Duration::from_secs(1);
 /// held long: a fan-out to 5 000 moves 5 000 windows, and deleting what they
 /// release in one go would keep sends waiting.
 pub(super) const DELIVERIES_PER_DELETE: u64 = 1024;
+/// Pause between the chunks of a long delete (old deliveries, expired
+/// history), in which sends that found the connection busy commit.
+const PAUSE_BETWEEN_CHUNKS: Duration = Duration::from_millis(1);
 /// How often old history is pruned when a retention is set.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
 /// Longest pause between retries of a failed commit.
@@ -514,9 +517,10 @@ impl Writer {
 
     /// Runs `delete` (one bounded DELETE, its own transaction) until it
     /// deletes nothing; returns how many rows went. The write connection is
-    /// taken for each chunk only, and what queued meanwhile is committed
-    /// between chunks (with `--sync full` only this thread commits), so
-    /// that sends keep committing through a long delete.
+    /// taken for each chunk only; what queued meanwhile is committed between
+    /// chunks (with `--sync full` only this thread commits), and a pause
+    /// lets sends commit on their own threads, so that sends keep committing
+    /// through a delete of millions. The WAL is checkpointed as it grows.
     fn delete_in_chunks(
         &self,
         what: &str,
@@ -536,6 +540,15 @@ impl Writer {
             if self.queued.load(Ordering::Relaxed) > 0 {
                 self.commit_queued(&mut connection, true);
             }
+            drop(connection);
+            let chunks = self
+                .commits_since_checkpoint
+                .fetch_add(1, Ordering::Relaxed);
+            if chunks + 1 >= CHECKPOINT_EVERY_COMMITS {
+                self.commits_since_checkpoint.store(0, Ordering::Relaxed);
+                self.checkpoint();
+            }
+            std::thread::sleep(PAUSE_BETWEEN_CHUNKS);
         }
         deleted
     }
