@@ -21,14 +21,13 @@
 mod support;
 
 use std::cell::Cell;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode};
 use hyper::StatusCode;
-use support::{median, record, Bench, Conn, Cursor, Joined, MEANS, TEXT};
+use support::{bench_floor, connect, medians, record, Answer, Bench, Cursor, Joined, Target, TEXT};
 use tokio::sync::{watch, Notify};
 
 /// Parked polls in the room, one stage each.
@@ -45,19 +44,23 @@ struct Arrivals {
 /// answers that carry a message; stops (dropping its connection, so the
 /// server unparks it) when `stop` flips.
 async fn poller(
-    addr: SocketAddr,
+    target: Target,
     token: String,
     mut cursor: u64,
     arrivals: Arc<Arrivals>,
     mut stop: watch::Receiver<bool>,
 ) -> u64 {
-    let mut conn = Conn::open(addr).await;
+    let mut conn = connect(&target).await;
     loop {
         let answer = tokio::select! {
             answer = conn.get(format!("/poll?token={token}&cursor={cursor}")) => answer,
             _ = stop.changed() => return cursor,
         };
-        let Ok((StatusCode::OK, body)) = answer else {
+        let Ok(Answer {
+            status: StatusCode::OK,
+            body,
+        }) = answer
+        else {
             return cursor;
         };
         cursor = serde_json::from_slice::<Cursor>(&body).map_or(cursor, |c| c.cursor);
@@ -76,8 +79,8 @@ fn fanout(c: &mut Criterion) {
         .join_all(vec!["sender".to_owned()])
         .pop()
         .expect("the sender joined");
-    let sender_conn = Cell::new(Some(bench.client.block_on(Conn::open(bench.addr))));
-    let floor_conn = Cell::new(Some(bench.client.block_on(Conn::open(bench.addr))));
+    let sender_conn = Cell::new(Some(bench.client.block_on(connect(&bench.target))));
+    let floor_conn = Cell::new(Some(bench.client.block_on(connect(&bench.target))));
     let mut users: Vec<Joined> = Vec::new();
     let mut stop_previous: Option<(watch::Sender<bool>, Vec<tokio::task::JoinHandle<u64>>)> = None;
 
@@ -111,7 +114,7 @@ fn fanout(c: &mut Criterion) {
             .iter()
             .map(|user| {
                 bench.client.spawn(poller(
-                    bench.addr,
+                    bench.target.clone(),
                     user.token.clone(),
                     user.cursor,
                     arrivals.clone(),
@@ -122,28 +125,11 @@ fn fanout(c: &mut Criterion) {
         stop_previous = Some((stop, tasks));
         bench.wait_parked(size);
 
-        let floor_name = format!("floor_healthz/room={size}");
-        group.bench_function(
-            BenchmarkId::new("floor_healthz", format!("room={size}")),
-            |b| {
-                b.to_async(&bench.client).iter_custom(|iters| {
-                    let (floor, name) = (&floor_conn, floor_name.clone());
-                    async move {
-                        let mut conn = floor.take().expect("the floor connection is back");
-                        let mut total = Duration::ZERO;
-                        for _ in 0..iters {
-                            let started = Instant::now();
-                            let (status, _) =
-                                conn.get("/healthz".to_owned()).await.expect("/healthz");
-                            total += started.elapsed();
-                            assert_eq!(status, StatusCode::OK);
-                        }
-                        floor.set(Some(conn));
-                        record(&name, total, iters);
-                        total
-                    }
-                })
-            },
+        bench_floor(
+            &mut group,
+            &bench.client,
+            &format!("room={size}"),
+            &floor_conn,
         );
 
         let name = format!("last_poller/room={size}");
@@ -178,7 +164,7 @@ fn fanout(c: &mut Criterion) {
                                 ),
                                 tokio::time::timeout(Duration::from_secs(30), all)
                             );
-                            assert_eq!(sent.expect("/send answers").0, StatusCode::OK);
+                            assert_eq!(sent.expect("/send answers").status, StatusCode::OK);
                             total +=
                                 done.expect("every poller got the message within 30 s") - started;
                         }
@@ -193,22 +179,18 @@ fn fanout(c: &mut Criterion) {
     group.finish();
 
     println!("\nfanout: time until the last poller has the message (medians of batch means)");
-    MEANS.with(|means| {
-        let means = means.borrow();
-        for size in ROOM_SIZES {
-            let floor = means.get(&format!("floor_healthz/room={size}")).map(|v| median(v));
-            let last = means.get(&format!("last_poller/room={size}")).map(|v| median(v));
-            if let (Some(floor), Some(last)) = (floor, last) {
-                println!(
-                    "  room={size:<5} floor {:>6.1} µs   last poller {:>8.2} ms   = {:>6.0} floors   {:.2} µs per poll",
-                    floor / 1e3,
-                    last / 1e6,
-                    last / floor,
-                    last / 1e3 / size as f64
-                );
-            }
+    for size in ROOM_SIZES {
+        let floor = format!("floor_healthz/room={size}");
+        if let Some((floor, last)) = medians(&floor, &format!("last_poller/room={size}")) {
+            println!(
+                "  room={size:<5} floor {:>6.1} µs   last poller {:>8.2} ms   = {:>6.0} floors   {:.2} µs per poll",
+                floor / 1e3,
+                last / 1e6,
+                last / floor,
+                last / 1e3 / size as f64
+            );
         }
-    });
+    }
     drop(stop_previous);
     drop(bench);
 }

@@ -23,13 +23,14 @@
 mod support;
 
 use std::cell::Cell;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
 use hyper::StatusCode;
-use support::{median, record, Bench, Conn, Cursor, Joined, MEANS, TEXT};
+use support::{
+    bench_floor, connect, medians, record, Answer, Bench, Conn, Cursor, Joined, Target, TEXT,
+};
 
 /// Polls parked besides the measured receiver's, one stage each.
 const PARKED: [usize; 3] = [0, 1_000, 5_000];
@@ -40,11 +41,15 @@ fn poll_uri(token: &str, cursor: u64) -> String {
 
 /// Keeps one poll parked for a user, re-polling after every answer (the
 /// first answers catch up on presence), until its connection is dropped.
-async fn park_forever(addr: SocketAddr, user: Joined) {
-    let mut conn = Conn::open(addr).await;
+async fn park_forever(target: Target, user: Joined) {
+    let mut conn = connect(&target).await;
     let mut cursor = user.cursor;
     loop {
-        let Ok((StatusCode::OK, body)) = conn.get(poll_uri(&user.token, cursor)).await else {
+        let Ok(Answer {
+            status: StatusCode::OK,
+            body,
+        }) = conn.get(poll_uri(&user.token, cursor)).await
+        else {
             return;
         };
         cursor = serde_json::from_slice::<Cursor>(&body).map_or(cursor, |c| c.cursor);
@@ -55,7 +60,6 @@ async fn park_forever(addr: SocketAddr, user: Joined) {
 struct Pair {
     sender: Conn,
     receiver: Conn,
-    floor: Conn,
     sender_token: String,
     receiver_token: String,
     dialog: String,
@@ -73,27 +77,27 @@ fn poll_latency(c: &mut Criterion) {
     let mut others: Vec<Joined> = users.collect();
 
     let pair = bench.client.block_on(async {
-        let mut sender_conn = Conn::open(bench.addr).await;
-        let (status, body) = sender_conn
+        let mut sender_conn = connect(&bench.target).await;
+        let answer = sender_conn
             .post("/dialog", format!("token={}&with=u1", sender.token))
             .await
             .expect("/dialog answers");
-        assert_eq!(status, StatusCode::OK, "/dialog");
+        assert_eq!(answer.status, StatusCode::OK, "/dialog");
         let answer: serde_json::Value =
-            serde_json::from_slice(&body).expect("/dialog answers JSON");
+            serde_json::from_slice(&answer.body).expect("/dialog answers JSON");
         let dialog = answer["conversation"]["id"]
             .as_str()
             .expect("a dialog id")
             .to_owned();
-        let mut receiver_conn = Conn::open(bench.addr).await;
+        let mut receiver_conn = connect(&bench.target).await;
         // Catch up (presence, conversation_added) so the next poll parks.
         let mut cursor = receiver.cursor;
         loop {
-            let (_, body) = receiver_conn
+            let answer = receiver_conn
                 .get(format!("{}&timeout=0", poll_uri(&receiver.token, cursor)))
                 .await
                 .expect("/poll answers");
-            let next = serde_json::from_slice::<Cursor>(&body)
+            let next = serde_json::from_slice::<Cursor>(&answer.body)
                 .expect("a poll answer")
                 .cursor;
             if next == cursor {
@@ -104,7 +108,6 @@ fn poll_latency(c: &mut Criterion) {
         Pair {
             sender: sender_conn,
             receiver: receiver_conn,
-            floor: Conn::open(bench.addr).await,
             sender_token: sender.token,
             receiver_token: receiver.token,
             dialog: dialog.replace(':', "%3A"),
@@ -114,44 +117,20 @@ fn poll_latency(c: &mut Criterion) {
     // Taken out by each measured batch and put back after (no borrow is
     // held across an await).
     let pair = Rc::new(Cell::new(Some(pair)));
+    let floor_conn = Cell::new(Some(bench.client.block_on(connect(&bench.target))));
 
     let mut group = c.benchmark_group("poll_latency");
     let mut parked_now = 0;
     for parked in PARKED {
         // Park more polls up to this stage's count.
         for user in others.drain(..parked - parked_now) {
-            bench.client.spawn(park_forever(bench.addr, user));
+            bench.client.spawn(park_forever(bench.target.clone(), user));
         }
         parked_now = parked;
         bench.wait_parked(parked);
 
-        let floor_name = format!("floor_healthz/parked={parked}");
-        group.bench_function(
-            BenchmarkId::new("floor_healthz", format!("parked={parked}")),
-            |b| {
-                b.to_async(&bench.client).iter_custom(|iters| {
-                    let pair = pair.clone();
-                    let name = floor_name.clone();
-                    async move {
-                        let mut taken = pair.take().expect("the pair is back");
-                        let mut total = Duration::ZERO;
-                        for _ in 0..iters {
-                            let started = Instant::now();
-                            let (status, _) = taken
-                                .floor
-                                .get("/healthz".to_owned())
-                                .await
-                                .expect("/healthz");
-                            total += started.elapsed();
-                            assert_eq!(status, StatusCode::OK);
-                        }
-                        pair.set(Some(taken));
-                        record(&name, total, iters);
-                        total
-                    }
-                })
-            },
-        );
+        let stage = format!("parked={parked}");
+        bench_floor(&mut group, &bench.client, &stage, &floor_conn);
 
         let wake_name = format!("wake/parked={parked}");
         let hub = bench.hub.clone();
@@ -170,7 +149,7 @@ fn poll_latency(c: &mut Criterion) {
                         loop {
                             tokio::select! {
                                 biased;
-                                answer = &mut poll => panic!("the poll was answered before the send: {:?}", answer.map(|a| a.1)),
+                                answer = &mut poll => panic!("the poll was answered before the send: {:?}", answer.map(|a| a.body)),
                                 _ = tokio::task::yield_now() => {}
                             }
                             if hub.stats().parked_polls > parked {
@@ -190,11 +169,11 @@ fn poll_latency(c: &mut Criterion) {
                             },
                             pair.sender.post("/send", form)
                         );
-                        let ((status, body), at) = (woken.0.expect("/poll answers"), woken.1);
+                        let (answer, at) = (woken.0.expect("/poll answers"), woken.1);
                         total += at - started;
-                        assert_eq!(status, StatusCode::OK);
-                        assert_eq!(sent.expect("/send answers").0, StatusCode::OK);
-                        pair.cursor = serde_json::from_slice::<Cursor>(&body).expect("a poll answer").cursor;
+                        assert_eq!(answer.status, StatusCode::OK);
+                        assert_eq!(sent.expect("/send answers").status, StatusCode::OK);
+                        pair.cursor = serde_json::from_slice::<Cursor>(&answer.body).expect("a poll answer").cursor;
                     }
                     cell.set(Some(taken));
                     record(&name, total, iters);
@@ -206,25 +185,17 @@ fn poll_latency(c: &mut Criterion) {
     group.finish();
 
     println!("\npoll_latency: wake latency as a ratio to the floor (medians of batch means)");
-    MEANS.with(|means| {
-        let means = means.borrow();
-        for parked in PARKED {
-            let floor = means
-                .get(&format!("floor_healthz/parked={parked}"))
-                .map(|v| median(v));
-            let wake = means
-                .get(&format!("wake/parked={parked}"))
-                .map(|v| median(v));
-            if let (Some(floor), Some(wake)) = (floor, wake) {
-                println!(
-                    "  parked={parked:<5} floor {:>7.1} µs   wake {:>7.1} µs   wake/floor {:.2}×",
-                    floor / 1e3,
-                    wake / 1e3,
-                    wake / floor
-                );
-            }
+    for parked in PARKED {
+        let floor = format!("floor_healthz/parked={parked}");
+        if let Some((floor, wake)) = medians(&floor, &format!("wake/parked={parked}")) {
+            println!(
+                "  parked={parked:<5} floor {:>7.1} µs   wake {:>7.1} µs   wake/floor {:.2}×",
+                floor / 1e3,
+                wake / 1e3,
+                wake / floor
+            );
         }
-    });
+    }
     drop(bench);
 }
 

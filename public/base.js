@@ -7,7 +7,8 @@
  * build step and no library. tests/browser/es5.test.js keeps it that way.
  *
  * # Files, loaded in this order by index.html
- *   - base.js: the one global, window.parlor, and DOM helpers: el(), on()...
+ *   - base.js: the one global, window.parlor, DOM helpers (el(), on()...)
+ *     and Dict, the map for keys that come from outside
  *   - transport.js: request() over XHR, retry policy, the connection loop
  *     (poll -> events; on failure back off, rejoin or resync)
  *   - state.js: the session, snapshots from /join and /sync, events,
@@ -26,7 +27,15 @@
  * # Safety rule
  *   Text that came from a user (names, messages, room names, notification
  *   data) only ever reaches the page through document.createTextNode or an
- *   attribute set with setAttribute: never innerHTML.
+ *   attribute set with setAttribute: never innerHTML. A name or id from the
+ *   server is a key only in a Dict, never of a plain object.
+ *
+ * # Content-Security-Policy
+ *   The server sends the page a policy without 'unsafe-inline' or
+ *   'unsafe-eval' (src/http/static_files.rs). So: no inline script or
+ *   on...= handler in index.html, no style= attribute in markup (setting
+ *   node.style.x from script is fine), no eval, new Function or string
+ *   given to setTimeout. The browser would refuse them.
  */
 (function () {
   'use strict';
@@ -104,6 +113,30 @@
 
   function hasOwn(obj, key) { return Object.prototype.hasOwnProperty.call(obj, key); }
 
+  /**
+   * A map from any string to a value: what the page keys by names and ids
+   * that come from outside (users, conversations, rooms). People choose
+   * those names, and "__proto__", "constructor" or "toString" are valid
+   * ones: as keys of a plain object they would find what every object
+   * inherits, and assigning to "__proto__" would replace the object's
+   * prototype. Here each key is stored behind a "$", which starts no
+   * property of Object.prototype. It works in every browser, which
+   * Object.create(null) (IE9+) and Map (IE11, partly) do not.
+   */
+  function Dict() { this.items = {}; }
+  Dict.prototype.has = function (key) { return hasOwn(this.items, '$' + key); };
+  Dict.prototype.get = function (key) { return this.has(key) ? this.items['$' + key] : undefined; };
+  Dict.prototype.set = function (key, value) { this.items['$' + key] = value; };
+  Dict.prototype.remove = function (key) { delete this.items['$' + key]; };
+  /** The keys, in no particular order. */
+  Dict.prototype.keys = function () {
+    var keys = [];
+    for (var k in this.items) {
+      if (hasOwn(this.items, k)) { keys.push(k.slice(1)); }
+    }
+    return keys;
+  };
+
   function pad2(n) { return n < 10 ? '0' + n : String(n); }
 
   function formatTime(ms) {
@@ -125,5 +158,6 @@
   P.setClass = setClass;
   P.trim = trim;
   P.hasOwn = hasOwn;
+  P.Dict = Dict;
   P.formatTime = formatTime;
 }());

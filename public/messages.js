@@ -46,8 +46,8 @@
   function addMessage(conv, m, fromHistory) {
     var S = P.session;
     var key = m.id + ':' + m.at;
-    if (conv.seen[key]) { return false; }
-    conv.seen[key] = true;
+    if (conv.seen.has(key)) { return false; }
+    conv.seen.set(key, true);
     if (m.id > S.maxMsgId) { S.maxMsgId = m.id; }
 
     var mine = m.from === S.user;
@@ -115,7 +115,7 @@
     var S = P.session;
     var epoch = S.epoch;
     function current() {
-      return alive(S) && S.convs[conv.id] === conv && S.epoch === epoch;
+      return alive(S) && S.convs.get(conv.id) === conv && S.epoch === epoch;
     }
     queueHistory(S, function (next) {
       if (!current()) { next(); return; }
@@ -240,8 +240,8 @@
         S.sendAttempt = 0;
         item.id = data.id;
         item.at = data.at;
-        var conv = S.convs[item.conv];
-        if (conv && conv.seen[item.id + ':' + item.at]) { dropOutboxItem(item); }
+        var conv = S.convs.get(item.conv);
+        if (conv && conv.seen.has(item.id + ':' + item.at)) { dropOutboxItem(item); }
         flushOutbox();
         return;
       }
@@ -265,7 +265,7 @@
       // A real refusal (too long, not a member any more...): give the text
       // back to the person instead of losing it.
       dropOutboxItem(item);
-      var target = S.convs[item.conv];
+      var target = S.convs.get(item.conv);
       if (target && !target.input.value) { target.input.value = item.text; }
       P.showNotice('Message not sent: ' + (err.code === 'invalid_text'
         ? 'messages are 1 to 4096 bytes long.' : err.message), 'warn');

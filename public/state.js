@@ -13,6 +13,7 @@
 
   var byId = P.byId;
   var hasOwn = P.hasOwn;
+  var Dict = P.Dict;
   var setClass = P.setClass;
   var request = P.request;
 
@@ -31,9 +32,9 @@
       token: null,
       cursor: null,
       pollTimeoutMs: 25000,
-      users: {},             // name -> status, others who are available
+      users: new Dict(),     // name -> status, others who are available
       myStatus: 'online',
-      convs: {},             // conversation id -> conv (see makeConv)
+      convs: new Dict(),     // conversation id -> conv (see makeConv)
       order: [],             // conversation ids in tab order
       active: null,          // id of the conversation shown
       // The connection loop does one thing at a time: poll, wait, rejoin or
@@ -80,23 +81,23 @@
     S.cursor = data.cursor;
     if (data.poll_timeout_ms) { S.pollTimeoutMs = data.poll_timeout_ms; }
 
-    S.users = {};
+    S.users = new Dict();
     var users = data.users || [];
     for (i = 0; i < users.length; i++) {
       if (users[i].name === S.user) {
         S.myStatus = users[i].status;
       } else {
-        S.users[users[i].name] = users[i].status;
+        S.users.set(users[i].name, users[i].status);
       }
     }
     P.setText(byId('me-name'), S.user);
     P.renderMyStatus();
 
-    var present = {};
+    var present = new Dict();
     var convsIn = data.conversations || [];
     for (i = 0; i < convsIn.length; i++) {
-      present[convsIn[i].id] = true;
-      conv = S.convs[convsIn[i].id];
+      present.set(convsIn[i].id, true);
+      conv = S.convs.get(convsIn[i].id);
       if (conv) {
         updateConv(conv, convsIn[i]);
         if (mode === 'rejoin') {
@@ -113,24 +114,22 @@
     // Conversations we show that the server no longer has for us.
     var gone = [];
     for (i = 0; i < S.order.length; i++) {
-      if (!present[S.order[i]]) { gone.push(S.order[i]); }
+      if (!present.has(S.order[i])) { gone.push(S.order[i]); }
     }
     for (i = 0; i < gone.length; i++) {
       id = gone[i];
-      conv = S.convs[id];
+      conv = S.convs.get(id);
       if (mode === 'rejoin' && conv.kind === 'room') {
         // The server forgot us (restart or sweep), we never left: join again.
         restoreConv(conv, '/rooms/join', { name: conv.name || conv.id }, 'gone');
-      } else if (mode === 'rejoin' && conv.kind === 'dialog' && hasOwn(S.users, conv.peer)) {
+      } else if (mode === 'rejoin' && conv.kind === 'dialog' && S.users.has(conv.peer)) {
         restoreConv(conv, '/dialog', { 'with': conv.peer }, 'user_offline');
       } else {
         removeConv(id, conv.kind === 'dialog' ? 'user_offline' : 'gone');
       }
     }
 
-    if (!S.active || !S.convs[S.active]) {
-      activate(S.convs.lobby ? 'lobby' : S.order[0], false);
-    }
+    if (!S.active || !S.convs.has(S.active)) { activateHome(); }
     P.renderAll();
   }
 
@@ -177,14 +176,14 @@
       return;
     }
     if (ev.status === 'offline') {
-      delete S.users[ev.user];
+      S.users.remove(ev.user);
     } else {
-      S.users[ev.user] = ev.status;
+      S.users.set(ev.user, ev.status);
     }
   }
 
   function onConversationAdded(ev) {
-    var conv = P.session.convs[ev.conversation.id];
+    var conv = P.session.convs.get(ev.conversation.id);
     if (conv) {
       updateConv(conv, ev.conversation);
       conv.closed = false;
@@ -194,14 +193,14 @@
   }
 
   function onMessage(ev) {
-    var conv = P.session.convs[ev.conversation];
+    var conv = P.session.convs.get(ev.conversation);
     if (!conv) { return; } // not ours (any more): the server will not send these
     P.addMessage(conv, ev, false);
   }
 
   function onMember(ev, joined) {
     var S = P.session;
-    var conv = S.convs[ev.conversation];
+    var conv = S.convs.get(ev.conversation);
     if (!conv) { return; }
     var members = conv.members;
     var at = -1;
@@ -237,7 +236,7 @@
       members: (c.members || []).slice(0),
       peer: null,
       entries: [],
-      seen: {},
+      seen: new Dict(),
       unread: 0,
       closed: false,     // a dialog tab closed by hand; reopens on a new message
       stick: true,       // scrolled to the bottom: follow new messages
@@ -270,13 +269,13 @@
   /** Create-or-get: the same id never gets a second pane. */
   function ensureConv(c) {
     var S = P.session;
-    var conv = S.convs[c.id];
+    var conv = S.convs.get(c.id);
     if (conv) {
       updateConv(conv, c);
       return conv;
     }
     conv = makeConv(c);
-    S.convs[c.id] = conv;
+    S.convs.set(c.id, conv);
     // The lobby first, then in the order they came.
     if (c.id === 'lobby') { S.order.unshift(c.id); } else { S.order.push(c.id); }
     byId('panes').appendChild(conv.pane);
@@ -294,9 +293,9 @@
   /** The server tore a conversation down (or we left it): drop it with a notice. */
   function removeConv(id, reason) {
     var S = P.session;
-    var conv = S.convs[id];
+    var conv = S.convs.get(id);
     if (!conv) { return; }
-    delete S.convs[id];
+    S.convs.remove(id);
     for (var i = 0; i < S.order.length; i++) {
       if (S.order[i] === id) { S.order.splice(i, 1); break; }
     }
@@ -305,11 +304,11 @@
     for (var j = S.outbox.length - 1; j >= 0; j--) {
       if (S.outbox[j].conv === id) { S.outbox.splice(j, 1); }
     }
-    var words = REMOVAL_WORDS[reason] || REMOVAL_WORDS.gone;
+    var words = hasOwn(REMOVAL_WORDS, reason) ? REMOVAL_WORDS[reason] : REMOVAL_WORDS.gone;
     P.showNotice(words(conv), 'warn');
     if (S.active === id) {
       S.active = null;
-      activate(S.convs.lobby ? 'lobby' : S.order[0], false);
+      activateHome();
     }
     P.renderAll();
   }
@@ -323,12 +322,12 @@
   /** Shows a conversation's pane; `focusPrompt` puts the caret in its prompt. */
   function activate(id, focusPrompt) {
     var S = P.session;
-    var conv = id && S.convs[id];
+    var conv = id && S.convs.get(id);
     if (!conv) { return; }
     conv.closed = false;
     S.active = id;
     for (var i = 0; i < S.order.length; i++) {
-      var other = S.convs[S.order[i]];
+      var other = S.convs.get(S.order[i]);
       setClass(other.pane, 'active', other === conv);
     }
     conv.unread = 0;
@@ -340,11 +339,17 @@
     }
   }
 
+  /** Shows the lobby, or the first conversation there is, when the one shown went away. */
+  function activateHome() {
+    var S = P.session;
+    activate(S.convs.has('lobby') ? 'lobby' : S.order[0], false);
+  }
+
   /** The dialog shown with `name`, or null. */
   function dialogWith(name) {
     var S = P.session;
     for (var i = 0; i < S.order.length; i++) {
-      var conv = S.convs[S.order[i]];
+      var conv = S.convs.get(S.order[i]);
       if (conv.kind === 'dialog' && conv.peer === name) { return conv; }
     }
     return null;
@@ -421,6 +426,7 @@
   P.handleEvent = handleEvent;
   P.convTitle = convTitle;
   P.activate = activate;
+  P.activateHome = activateHome;
   P.dialogWith = dialogWith;
   P.openDialogWith = openDialogWith;
   P.joinRoom = joinRoom;

@@ -33,8 +33,10 @@
   }
 
   /**
-   * One request to parlor. GET parameters go in the query string; POST bodies
-   * are application/x-www-form-urlencoded, which every browser can send.
+   * One request to parlor. GET parameters go in the query string, except the
+   * token, which goes in an Authorization header: URLs end up in proxy and
+   * server logs. POST bodies (token included) are
+   * application/x-www-form-urlencoded, which every browser can send.
    * `done(err, body)` is called exactly once. err is
    * {status, code, message}: status 0 means the network failed or the
    * request timed out (we run our own timer: old XHRs have no .timeout).
@@ -42,7 +44,16 @@
    */
   function request(method, path, params, timeoutMs, done) {
     var xhr = new XMLHttpRequest();
-    var query = encodeForm(params || {});
+    var bearer = null;
+    var fields = params || {};
+    if (method === 'GET' && fields.token) {
+      bearer = fields.token;
+      fields = {};
+      for (var key in params) {
+        if (hasOwn(params, key) && key !== 'token') { fields[key] = params[key]; }
+      }
+    }
+    var query = encodeForm(fields);
     var url = path;
     var body = null;
     var finished = false;
@@ -84,6 +95,9 @@
     };
 
     xhr.open(method, url, true);
+    if (bearer !== null) {
+      xhr.setRequestHeader('Authorization', 'Bearer ' + bearer);
+    }
     if (body !== null) {
       xhr.setRequestHeader('Content-Type', 'application/x-www-form-urlencoded');
     }

@@ -102,7 +102,7 @@
     setText(conv.titleNode, title);
     var sub;
     if (conv.kind === 'dialog') {
-      var status = P.session.users[conv.peer];
+      var status = P.session.users.get(conv.peer);
       sub = status ? 'Private conversation \u00b7 ' + status : 'Private conversation';
     } else if (conv.id === 'lobby') {
       sub = 'Everyone who is here';
@@ -127,14 +127,13 @@
     renderRooms();
     renderTabs();
     for (var i = 0; i < S.order.length; i++) {
-      var conv = S.convs[S.order[i]];
+      var conv = S.convs.get(S.order[i]);
       if (conv.kind === 'dialog') { renderPaneHead(conv); }
     }
   }
 
-  function sortedNames(obj) {
-    var names = [];
-    for (var k in obj) { if (P.hasOwn(obj, k)) { names.push(k); } }
+  function sortedNames(dict) {
+    var names = dict.keys();
     names.sort(function (a, b) {
       var x = a.toLowerCase();
       var y = b.toLowerCase();
@@ -155,7 +154,7 @@
     clear(list);
     var names = sortedNames(users);
     for (var i = 0; i < names.length; i++) {
-      list.appendChild(userItem(names[i], users[names[i]]));
+      list.appendChild(userItem(names[i], users.get(names[i])));
     }
     setText(byId('user-count'), names.length ? String(names.length) : '');
     byId('no-users').style.display = names.length ? 'none' : '';
@@ -184,7 +183,7 @@
     var list = byId('room-list');
     clear(list);
     for (var i = 0; i < S.order.length; i++) {
-      var conv = S.convs[S.order[i]];
+      var conv = S.convs.get(S.order[i]);
       if (conv.kind !== 'room') { continue; }
       list.appendChild(roomItem(conv));
     }
@@ -209,7 +208,7 @@
     var tabs = byId('tabs');
     clear(tabs);
     for (var i = 0; i < S.order.length; i++) {
-      var conv = S.convs[S.order[i]];
+      var conv = S.convs.get(S.order[i]);
       if (conv.closed && conv.id !== S.active) { continue; }
       tabs.appendChild(tabItem(conv));
     }
@@ -224,7 +223,7 @@
     open.setAttribute('role', 'tab');
     open.setAttribute('aria-selected', conv.id === S.active ? 'true' : 'false');
     if (conv.kind === 'dialog') {
-      open.appendChild(el('span', 'dot dot-' + (S.users[conv.peer] || 'offline')));
+      open.appendChild(el('span', 'dot dot-' + (S.users.get(conv.peer) || 'offline')));
     }
     open.appendChild(el('span', 'tab-name', P.convTitle(conv)));
     if (conv.unread) { open.appendChild(badge(conv.unread)); }
@@ -247,7 +246,7 @@
     conv.closed = true;
     if (S.active === conv.id) {
       S.active = null;
-      P.activate(S.convs.lobby ? 'lobby' : S.order[0], false);
+      P.activateHome();
     }
     renderAll();
   }
@@ -298,8 +297,8 @@
     var S = P.session;
     windowFocused = true;
     clearTitleUnread();
-    if (S && S.active && S.convs[S.active]) {
-      S.convs[S.active].unread = 0;
+    if (S && S.active && S.convs.has(S.active)) {
+      S.convs.get(S.active).unread = 0;
       renderAll();
     }
   });

@@ -30,6 +30,8 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 
 log "unit and integration tests"
+# tests/behind_nginx.rs runs parlor behind Debian's nginx, started by the test.
+apt_install nginx
 cargo test --locked
 
 log "benches compile (they are run by hand: see docs/performance.md)"

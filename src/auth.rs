@@ -1,7 +1,9 @@
 //! Secrets: client tokens and password hashes.
 //!
 //! Tokens are 160 bits from the operating system's CSPRNG, hex-encoded: far
-//! past guessing. Passwords are hashed with argon2id (the `argon2` crate's
+//! past guessing. The server keeps only a token's SHA-256 ([`TokenHash`]),
+//! in memory and in the database, so a copy of the database (a backup, a
+//! stolen disk) lets no one act as a client. Passwords are hashed with argon2id (the `argon2` crate's
 //! default parameters, a fresh 128-bit salt per account) and only the PHC
 //! string is stored. Hashing is deliberately slow, so it runs on the blocking
 //! pool behind a semaphore: a burst of /join queues instead of stalling the
@@ -9,6 +11,7 @@
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
+use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use crate::config::MAX_CONCURRENT_PASSWORD_HASHES;
@@ -20,6 +23,42 @@ pub fn new_token() -> String {
     let mut bytes = [0u8; TOKEN_BYTES];
     getrandom::getrandom(&mut bytes).expect("the OS random source is available");
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// What the server keeps of a client token: its SHA-256. The hub finds
+/// clients by it, so the token a request presents is hashed once, and a
+/// look-up's timing can reveal only bits of a hash, which do not help to
+/// forge a token. A token has 160 random bits, so a fast unsalted hash is
+/// as hard to reverse as guessing the token.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenHash([u8; 32]);
+
+impl TokenHash {
+    pub fn of(token: &str) -> TokenHash {
+        TokenHash(Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// A hash as the store keeps it (None unless 32 bytes).
+    pub fn from_stored(bytes: &[u8]) -> Option<TokenHash> {
+        bytes.try_into().ok().map(TokenHash)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// A shard number in `0..shards`: the hash's bytes are uniform whatever
+    /// a client sends, so its first byte is spread evenly.
+    pub fn shard(&self, shards: usize) -> usize {
+        usize::from(self.0[0]) % shards
+    }
+}
+
+impl std::fmt::Debug for TokenHash {
+    /// A short prefix: enough to tell hashes apart in a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenHash({:02x}{:02x}…)", self.0[0], self.0[1])
+    }
 }
 
 /// Hashes and verifies passwords off the async workers, a few at a time.
@@ -103,6 +142,17 @@ mod tests {
         assert_eq!(a.len(), 40);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn token_hashes_are_sha256_and_round_trip_as_stored() {
+        // SHA-256("abc"), the FIPS 180-2 test vector.
+        let hash = TokenHash::of("abc");
+        assert_eq!(hash.as_bytes()[..4], [0xba, 0x78, 0x16, 0xbf]);
+        assert_eq!(TokenHash::from_stored(hash.as_bytes()), Some(hash));
+        assert_eq!(TokenHash::from_stored(b"short"), None);
+        assert_ne!(TokenHash::of(&new_token()), TokenHash::of(&new_token()));
+        assert!(hash.shard(16) < 16);
     }
 
     #[test]

@@ -28,10 +28,25 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Events per user mailbox. Older events are dropped; a client whose cursor
 /// falls behind them gets 410 `cursor_expired` and resyncs.
 pub const MAILBOX_CAPACITY: usize = 4096;
+/// Bytes of events per user mailbox, each event counted whole (its bytes
+/// are shared by every mailbox it is in, but each can pin them). By count
+/// alone, a client that polls with an old cursor, so that nothing is ever
+/// acknowledged, could keep 4096 events of up to 64 KiB each; past this
+/// the oldest are dropped as when the mailbox is full of events (410
+/// `cursor_expired` for a client behind them).
+pub const MAILBOX_MAX_BYTES: usize = 1024 * 1024;
 /// Most events answered by one poll; the rest come with the next poll.
 pub const MAX_EVENTS_PER_POLL: usize = 256;
 /// Presence changes copied into a mailbox per poll (see `hub::presence`).
 pub const PRESENCE_CHANGES_PER_POLL: usize = 256;
+/// How long a parked poll with nothing but presence changes to answer waits
+/// for more of them before answering (`hub::poll`). Each /status, join and
+/// sweep wakes every poll that can see the user; without this, a storm of N
+/// changes costs every poller N answers and re-polls. With it, a poller is
+/// answered about once per window however many changes come. Messages and
+/// every other event are answered at once. 75 ms is below what a person
+/// notices in a status dot, and a few round trips' worth for a client.
+pub const PRESENCE_COALESCE_WINDOW: Duration = Duration::from_millis(75);
 
 /// User and room names: 1..=32 of ASCII letters, digits, `_`, `-`, `.`.
 pub const MAX_NAME_LEN: usize = 32;
@@ -50,11 +65,21 @@ pub const MAX_ROOMS: usize = 10_000;
 /// History page size default and cap.
 pub const DEFAULT_HISTORY_LIMIT: usize = 50;
 pub const MAX_HISTORY_LIMIT: usize = 200;
+/// Messages `--ephemeral` keeps per conversation, the newest; /history
+/// answers from these. Nothing it holds outlives the process anyway, and
+/// without a cap a long run would keep every message in memory for good.
+/// (The SQLite store keeps all of them, up to `--history-retention`.)
+pub const EPHEMERAL_HISTORY_PER_CONVERSATION: usize = 1000;
 /// Users named by one /api/publish call.
 pub const MAX_PUBLISH_USERS: usize = 10_000;
 /// Password hashes computed at once. Argon2 costs ~19 MiB and tens of ms
 /// each, so a burst of /join must queue rather than exhaust memory and CPU.
 pub const MAX_CONCURRENT_PASSWORD_HASHES: usize = 4;
+/// Threads (each with its own SQLite connection) that run the store reads
+/// requests make: /history, a login's account look-up, a retried
+/// `client_msg_id`. Reads beyond them queue (one per request in flight); a
+/// read waiting for the disk holds one of these, never an async worker.
+pub const STORE_READER_THREADS: usize = 2;
 
 /// Changes queued for the SQLite writer beyond which requests that change
 /// state are refused at once (503 `store_unavailable`) instead of queuing
@@ -114,6 +139,16 @@ pub struct Config {
     #[arg(long, env = "PARLOR_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// File holding the admin token (a trailing newline is trimmed), read
+    /// at start, so the secret shows neither in `ps` nor in the environment.
+    #[arg(
+        long,
+        env = "PARLOR_ADMIN_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "admin_token"
+    )]
+    pub admin_token_file: Option<PathBuf>,
+
     /// Directory of the browser client's static files.
     #[arg(long, env = "PARLOR_PUBLIC_DIR", default_value_os_t = default_public_dir())]
     pub public_dir: PathBuf,
@@ -147,12 +182,60 @@ pub struct Config {
     /// A connection must send a request's headers within this long, or it is closed.
     #[arg(long, env = "PARLOR_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
+
+    /// An origin whose pages may call the API from the browser (CORS), e.g.
+    /// `https://app.example.com`, or `*` for any; repeatable. Others get no CORS headers.
+    #[arg(long, env = "PARLOR_ALLOW_ORIGIN", value_delimiter = ',')]
+    pub allow_origin: Vec<String>,
+
+    /// How log lines on stderr are written: `text` for people, `json` (one object per line) for
+    /// log collectors. Levels come from RUST_LOG (default `info`).
+    #[arg(long, env = "PARLOR_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// The shape of log lines on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; coloured only when stderr is a terminal.
+    Text,
+    /// One JSON object per line, never coloured.
+    Json,
 }
 
 impl Config {
     /// Defaults suited to tests and embedding: an ephemeral store on any free port.
     pub fn for_tests() -> Config {
         Config::parse_from(["parlor", "--listen", "127.0.0.1:0", "--ephemeral"])
+    }
+}
+
+impl Config {
+    /// Reads `--admin-token-file` into `admin_token` (the binary calls this
+    /// before `Server::open`). A file that cannot be read or holds only a
+    /// newline is an error: a server started without the publishing its
+    /// operator meant to enable would fail later and more quietly.
+    pub fn read_admin_token_file(&mut self) -> Result<(), String> {
+        let Some(path) = self.admin_token_file.take() else {
+            return Ok(());
+        };
+        if self.admin_token.is_some() {
+            return Err("give --admin-token or --admin-token-file, not both".into());
+        }
+        let text = std::fs::read_to_string(&path).map_err(|error| {
+            format!(
+                "cannot read the admin token file {}: {error}",
+                path.display()
+            )
+        })?;
+        let token = text.strip_suffix('\n').map_or(text.as_str(), |line| {
+            line.strip_suffix('\r').unwrap_or(line)
+        });
+        if token.is_empty() {
+            return Err(format!("the admin token file {} is empty", path.display()));
+        }
+        self.admin_token = Some(token.to_owned());
+        Ok(())
     }
 }
 

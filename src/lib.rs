@@ -34,6 +34,8 @@
 //! - [`store`]: what outlives the process — accounts, rooms, history; the
 //!   SQLite default commits through `store::sqlite`'s writer (group commit,
 //!   run by the waiting request itself where it can).
+//! - [`client`]: the kept-alive HTTP/1 client that `parlor-bench` and the
+//!   criterion benches speak to a parlor with over loopback.
 //! - [`auth`]: tokens and password hashing.
 //! - [`error`]: `ApiError`, the status + code + message of a failed request,
 //!   and the one each `hub::Refusal` is answered with.
@@ -45,10 +47,14 @@
 //! - the visibility task (`hub::Hub::run_visibility`), which makes events
 //!   visible and wakes their readers as the store reports them durable;
 //! - the SQLite writer thread (`store::sqlite`), which commits what no
-//!   waiting request committed itself.
+//!   waiting request committed itself;
+//! - the SQLite reader threads (`store::sqlite::readers`), which answer
+//!   `/history`, password and `client_msg_id` look-ups off the async
+//!   workers.
 
 pub mod api;
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod conversation;
 pub mod error;

@@ -1,13 +1,14 @@
 //! The `parlor` binary: parse flags, set up logging, open the store, bind,
 //! announce the address, serve until Ctrl-C or SIGTERM.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
 use tokio::net::{TcpListener, TcpSocket};
 use tracing_subscriber::EnvFilter;
 
+use parlor::config::LogFormat;
 use parlor::{Config, Server};
 
 /// jemalloc rather than glibc malloc: a faster request path and less RSS
@@ -16,13 +17,12 @@ use parlor::{Config, Server};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    let config = Config::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let mut config = Config::parse();
+    if let Err(error) = config.read_admin_token_file() {
+        eprintln!("parlor: {error}");
+        return ExitCode::FAILURE;
+    }
+    init_logging(config.log_format);
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -32,6 +32,19 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(serve(config))
+}
+
+/// Logs to stderr at RUST_LOG's levels (default `info`). Colour codes only
+/// reach a terminal: in a file or a journal they would be noise.
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
 }
 
 async fn serve(config: Config) -> ExitCode {

@@ -29,6 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Config, MAX_HEADER_BYTES};
+use crate::http::cors::Cors;
 use crate::http::{self, App};
 use crate::hub::{sweeper, Hub, HubConfig};
 use crate::store::memory::MemoryStore;
@@ -51,6 +52,9 @@ const CLOSE_IDLE_RETRY: Duration = Duration::from_millis(100);
 pub struct Server {
     config: Config,
     hub: Hub,
+    /// Checked when the server opens, so a bad `--allow-origin` stops the
+    /// start before anything listens.
+    cors: Cors,
 }
 
 impl Server {
@@ -87,7 +91,8 @@ impl Server {
             },
         )?;
         tracing::info!(stats = ?hub.stats(), resumed_in = ?started.elapsed(), "state resumed");
-        Ok(Server { config, hub })
+        let cors = Cors::new(&config.allow_origin)?;
+        Ok(Server { config, hub, cors })
     }
 
     /// A handle on the live state (for tests and diagnostics).
@@ -101,11 +106,12 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
-        let Server { config, hub } = self;
+        let Server { config, hub, cors } = self;
         let app = App {
             hub: hub.clone(),
             admin_token: config.admin_token.as_deref().map(Arc::from),
             public_dir: Arc::new(PathBuf::from(&config.public_dir)),
+            cors: Arc::new(cors),
         };
         let (stop_sweeper, sweeper_stop) = watch::channel(false);
         let sweeper = tokio::spawn(sweeper::run(hub.clone(), sweeper_stop.clone()));

@@ -43,12 +43,17 @@ struct Running {
 }
 
 /// Starts `parlor` with `args` and waits for its `listening on` line.
-async fn start(mut command: Command, args: &[&str]) -> Running {
+async fn start(command: Command, args: &[&str]) -> Running {
+    start_with_stderr(command, args, Stdio::null()).await
+}
+
+/// `start`, with the child's stderr (its log) sent to `stderr`.
+async fn start_with_stderr(mut command: Command, args: &[&str], stderr: Stdio) -> Running {
     let mut child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("the parlor binary starts");
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
@@ -379,4 +384,188 @@ async fn sigterm_answers_parked_polls_and_exits_cleanly() {
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(2), idle.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "the idle connection stayed open after exit");
+}
+
+/// The status of a POST /api/publish to nobody with `Authorization: Bearer
+/// {bearer}`.
+async fn publish_status(addr: SocketAddr, bearer: &str) -> u16 {
+    let body = r#"{"users":[],"data":"x"}"#;
+    let request = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Authorization: Bearer {bearer}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(addr).await.expect("connect to parlor");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    parse(&response).0
+}
+
+#[tokio::test]
+async fn the_admin_token_can_come_from_a_file() {
+    let dir = std::env::temp_dir().join(format!("parlor-admin-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("admin-token");
+    std::fs::write(&file, "s3cret-from-file\n").unwrap();
+    let file_arg = file.to_str().unwrap();
+    let listen = ["--listen", "127.0.0.1:0", "--ephemeral"];
+
+    let mut server = start(
+        parlor(),
+        &[&listen[..], &["--admin-token-file", file_arg]].concat(),
+    )
+    .await;
+    // The file's newline is not part of the token.
+    assert_eq!(publish_status(server.addr, "s3cret-from-file").await, 200);
+    assert_eq!(publish_status(server.addr, "wrong").await, 401);
+    server.child.start_kill().unwrap();
+    let _ = tokio::time::timeout(PATIENCE, server.child.wait()).await;
+
+    // The environment names the file as well as the flag does.
+    let mut command = parlor();
+    command.env("PARLOR_ADMIN_TOKEN_FILE", &file);
+    let mut server = start(command, &listen).await;
+    assert_eq!(publish_status(server.addr, "s3cret-from-file").await, 200);
+    server.child.start_kill().unwrap();
+    let _ = tokio::time::timeout(PATIENCE, server.child.wait()).await;
+
+    // What cannot give a token stops the start with a reason.
+    let empty = dir.join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let missing = dir.join("missing");
+    for (args, reason) in [
+        (
+            vec!["--admin-token-file", empty.to_str().unwrap()],
+            "is empty",
+        ),
+        (
+            vec!["--admin-token-file", missing.to_str().unwrap()],
+            "cannot read the admin token file",
+        ),
+        (
+            vec!["--admin-token-file", file_arg, "--admin-token", "x"],
+            "cannot be used with",
+        ),
+    ] {
+        let (status, _, stderr) = run_to_exit(parlor(), &[&listen[..], &args].concat()).await;
+        assert!(!status.success(), "{args:?} started");
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+    }
+    let mut command = parlor();
+    command.env("PARLOR_ADMIN_TOKEN", "x");
+    let (status, _, stderr) = run_to_exit(
+        command,
+        &[&listen[..], &["--admin-token-file", file_arg]].concat(),
+    )
+    .await;
+    assert!(
+        !status.success(),
+        "a token from the environment and a file: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGTERM, and the exit status must be success.
+async fn stop_cleanly(server: &mut Running) {
+    kill_term(&server.child);
+    let status = tokio::time::timeout(PATIENCE, server.child.wait())
+        .await
+        .expect("parlor exits after SIGTERM")
+        .expect("the exit status is readable");
+    assert!(status.success(), "exit after SIGTERM: {status}");
+}
+
+/// Runs a server with `args` through one join and a SIGTERM, and returns
+/// everything it logged (stderr is a pipe, as under systemd or docker).
+async fn log_of_a_short_run(args: &[&str]) -> String {
+    let mut command = parlor();
+    command.env("RUST_LOG", "info");
+    let mut server = start_with_stderr(command, args, Stdio::piped()).await;
+    let mut stderr = server.child.stderr.take().expect("stderr is piped");
+    let log = tokio::spawn(async move {
+        let mut log = String::new();
+        let _ = stderr.read_to_string(&mut log).await;
+        log
+    });
+    join(server.addr, "ann").await;
+    stop_cleanly(&mut server).await;
+    tokio::time::timeout(PATIENCE, log)
+        .await
+        .expect("the log ends with the process")
+        .expect("the log reader does not panic")
+}
+
+#[tokio::test]
+async fn a_log_that_is_not_a_terminal_has_no_colour_codes() {
+    let log = log_of_a_short_run(&["--listen", "127.0.0.1:0", "--ephemeral"]).await;
+    assert!(log.contains("parlor is serving"), "the log: {log}");
+    assert!(
+        !log.contains('\x1b'),
+        "escape codes in a redirected log: {log:?}"
+    );
+}
+
+#[tokio::test]
+async fn log_format_json_writes_one_object_per_line() {
+    let log = log_of_a_short_run(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--ephemeral",
+        "--log-format",
+        "json",
+    ])
+    .await;
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line:?}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|line| line["level"] == "INFO" && line["fields"]["message"] == "parlor is serving"),
+        "no serving line in {log}"
+    );
+    assert!(!log.contains('\x1b'), "escape codes in a JSON log: {log:?}");
+}
+
+#[tokio::test]
+async fn the_shipped_systemd_unit_starts_parlor_and_stops_it_cleanly() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/systemd/parlor.service"
+    ))
+    .expect("contrib/systemd/parlor.service is readable");
+    let exec_start = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("ExecStart="))
+        .expect("the unit has an ExecStart line");
+    let mut words = exec_start.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/parlor"));
+    assert!(unit.contains("Restart=on-failure"), "{unit}");
+    assert!(unit.contains("KillSignal=SIGTERM"), "{unit}");
+
+    // The unit's own flags, with its machine paths and port swapped for
+    // this test's: every flag it names must be one parlor accepts.
+    let data_dir = std::env::temp_dir().join(format!("parlor-unit-{}", std::process::id()));
+    let data_dir_text = data_dir.to_string_lossy().into_owned();
+    let public_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/public");
+    let args: Vec<&str> = words
+        .map(|word| match word {
+            "/var/lib/parlor" => data_dir_text.as_str(),
+            "/usr/local/share/parlor/public" => public_dir,
+            "127.0.0.1:8080" => "127.0.0.1:0",
+            other => other,
+        })
+        .collect();
+    assert!(args.contains(&"--data-dir"), "{args:?}");
+    let mut server = start(parlor(), &args).await;
+    join(server.addr, "ann").await;
+    stop_cleanly(&mut server).await;
+    assert!(
+        data_dir.join("parlor.db").exists(),
+        "no database in {data_dir:?}"
+    );
+    let _ = std::fs::remove_dir_all(&data_dir);
 }

@@ -662,13 +662,12 @@ async fn an_acknowledged_send_is_readable_by_the_very_next_poll() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_2_database_with_live_clients_is_migrated_and_they_resume() {
     let dir = data_dir("migrate-v2");
-    std::fs::create_dir_all(&dir).unwrap();
     let token = "0123456789abcdef0123456789abcdef01234567";
-    {
-        // Schema 2 kept one row per mailbox event.
-        let mut db = rusqlite::Connection::open(dir.join("parlor.db")).unwrap();
-        parlor::store::sqlite::migrate(&mut db, 2).unwrap();
-        db.execute_batch(&format!(
+    // Schema 2 kept one row per mailbox event.
+    old_database(
+        &dir,
+        2,
+        &format!(
             r#"INSERT INTO clients VALUES (5, '{token}', 'ann');
                INSERT INTO mailboxes VALUES ('ann', 0, 1); -- has seen presence version 1
                INSERT INTO mailbox_events VALUES
@@ -677,9 +676,8 @@ async fn a_schema_2_database_with_live_clients_is_migrated_and_they_resume() {
                    ('ann', 3, '{{"type":"notification","data":"three"}}');
                INSERT INTO presence VALUES ('ann', 'online', 1);
                INSERT INTO counters VALUES ('presence_version', 1), ('last_client_id', 5);"#
-        ))
-        .unwrap();
-    }
+        ),
+    );
     let node = Node::start(&dir, &[]);
     // The client polls on from cursor 1 as if nothing happened.
     let (cursor, events) = node.poll(token, 1).await.unwrap();
@@ -842,6 +840,102 @@ async fn a_join_storm_stores_no_presence_copies_and_readers_resume_after_restart
     let (_, more) = node.drain(&ann, cursor).await;
     assert_eq!(message_texts(&more), ["after"]);
     assert_eq!(stored(&dir), 1, "the message is one stored delivery");
+    node.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A database in `dir` at schema `version`, holding what `rows` inserts.
+fn old_database(dir: &Path, version: u32, rows: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut db = rusqlite::Connection::open(dir.join("parlor.db")).unwrap();
+    parlor::store::sqlite::migrate(&mut db, version).unwrap();
+    db.execute_batch(rows).unwrap();
+}
+
+/// Names of the files in `dir` whose bytes contain `needle` anywhere.
+fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
+    let needle = needle.as_bytes();
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            let bytes = std::fs::read(path).unwrap();
+            bytes.windows(needle.len()).any(|window| window == needle)
+        })
+        .map(|path| path.display().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_stored_only_hashed_and_keep_working_after_a_restart() {
+    let dir = data_dir("token-at-rest");
+    let node = Node::start(&dir, &[]);
+    let (ann, cursor) = node.join("ann", "ann-pw").await;
+    let (bob, _) = node.join("bob", "bob-pw").await;
+    let sent = node
+        .post(
+            "/send",
+            &[("token", &bob), ("conversation", "lobby"), ("text", "hi")],
+        )
+        .await;
+    assert_eq!(sent.status, 200, "{}", sent.text);
+    // The database and its write-ahead log, as a backup would copy them.
+    for token in [&ann, &bob] {
+        assert_eq!(files_containing(&dir, token), Vec::<String>::new());
+    }
+    node.kill_9();
+    assert_eq!(files_containing(&dir, &ann), Vec::<String>::new());
+
+    let node = Node::start(&dir, &[]);
+    let (_, events) = node.drain(&ann, cursor).await;
+    assert!(message_texts(&events).contains(&"hi".to_owned()));
+    let users = node.get("/users", &[("token", &bob)]).await;
+    assert_eq!(users.status, 200, "{}", users.text);
+    let wrong = node.poll(&ann.replace(|c| c != '0', "0"), 0).await;
+    assert_eq!(wrong.unwrap_err().status, 401);
+    node.terminate();
+    assert_eq!(files_containing(&dir, &bob), Vec::<String>::new());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_4_database_with_raw_tokens_is_migrated_and_its_clients_resume() {
+    let dir = data_dir("migrate-v4");
+    let token = "89abcdef0123456789abcdef0123456789abcdef";
+    // Schema 4 kept each client's token as it was handed out.
+    old_database(
+        &dir,
+        4,
+        &format!(
+            r#"INSERT INTO clients VALUES (5, '{token}', 'ann');
+               INSERT INTO mailboxes VALUES ('ann', 0, 1, 1, 0, 1);
+               INSERT INTO deliveries VALUES
+                   (1, '{{"type":"notification","data":"kept"}}', '[["ann",1]]');
+               INSERT INTO presence VALUES ('ann', 'online', 1);
+               INSERT OR REPLACE INTO counters VALUES ('presence_version', 1),
+                   ('last_client_id', 5), ('last_delivery_id', 1);"#
+        ),
+    );
+    assert_eq!(
+        files_containing(&dir, token).len(),
+        1,
+        "the fixture holds it"
+    );
+    let node = Node::start(&dir, &[]);
+    let (cursor, events) = node.poll(token, 0).await.unwrap();
+    assert_eq!(cursor, 1);
+    assert_eq!(events[0]["data"], "kept");
+    node.terminate();
+    assert_eq!(files_containing(&dir, token), Vec::<String>::new());
+    let db = rusqlite::Connection::open(dir.join("parlor.db")).unwrap();
+    let stored: Vec<u8> = db
+        .query_row("SELECT token FROM clients WHERE id = 5", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored.len(), 32, "a SHA-256");
+    drop(db);
+    // Started again, the client is still known by its hash.
+    let node = Node::start(&dir, &[]);
+    assert!(node.poll(token, cursor).await.is_ok());
     node.terminate();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -21,7 +21,7 @@ use hyper::Method;
 use parlor::event::Message;
 use parlor::hub::{Hub, HubConfig, Refusal};
 use parlor::store::sqlite::{SqliteOptions, SqliteStore};
-use parlor::store::{Change, Snapshot, Store, StoreResult};
+use parlor::store::{Change, Reply, Snapshot, Store, StoreResult};
 use tokio::sync::{oneshot, watch};
 
 /// Fails the test rather than hang: the broken behaviour is a hang.
@@ -70,16 +70,16 @@ impl Store for Stalling {
     fn load(&self) -> StoreResult<Snapshot> {
         self.inner.load()
     }
-    fn password_hash(&self, name: &str) -> StoreResult<Option<String>> {
+    fn password_hash(&self, name: &str) -> Reply<Option<String>> {
         self.inner.password_hash(name)
     }
     fn create_account(&self, name: &str, hash: &str) -> oneshot::Receiver<StoreResult<bool>> {
         self.inner.create_account(name, hash)
     }
-    fn find_sent(&self, from: &str, client_msg_id: &str) -> StoreResult<Option<Message>> {
+    fn find_sent(&self, from: &str, client_msg_id: &str) -> Reply<Option<Message>> {
         self.inner.find_sent(from, client_msg_id)
     }
-    fn history(&self, id: &str, before: Option<u64>, limit: usize) -> StoreResult<Vec<Message>> {
+    fn history(&self, id: &str, before: Option<u64>, limit: usize) -> Reply<Vec<Message>> {
         self.inner.history(id, before, limit)
     }
     fn submit(&self, ticket: u64, changes: Vec<Change>) {
@@ -184,7 +184,8 @@ async fn a_retry_of_a_send_still_on_its_way_to_disk_is_stored_once() {
             Err(refusal) => panic!("a send failed: {refusal:?}"),
         }
     }
-    let first = store.find_sent("ann", "m0").unwrap().expect("m0 is stored");
+    let first = store.find_sent("ann", "m0").await.unwrap();
+    let first = first.expect("m0 is stored");
     assert_eq!(retried.id, first.id, "the retry answers the first message");
     assert_eq!(retried.text, "message 0");
     let later = tokio::time::timeout(NO_HANG, hub.send(&token, "lobby", "later", Some("z")))
@@ -195,7 +196,8 @@ async fn a_retry_of_a_send_still_on_its_way_to_disk_is_stored_once() {
     let mut stored = Vec::new();
     let mut before = None;
     loop {
-        let page = hub.history(&token, "lobby", before, Some(200)).unwrap();
+        let page = hub.history(&token, "lobby", before, Some(200)).await;
+        let page = page.unwrap();
         let Some(oldest) = page.first() else { break };
         before = Some(oldest.id);
         stored.splice(0..0, page);

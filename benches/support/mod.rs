@@ -1,123 +1,65 @@
 //! Shared by the end-to-end benches: the server under test (in-process, on
-//! its own runtime), a kept-alive HTTP/1 client connection to it driven by
-//! the task that uses it, joining users, and the per-bench means printed as
-//! ratios after criterion's report.
+//! its own runtime), kept-alive connections to it (`parlor::client`, the
+//! client parlor-bench uses), joining users, the `GET /healthz` floor, and
+//! the per-bench means printed as ratios after criterion's report.
 #![allow(dead_code)] // each bench uses a different part
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::future::{poll_fn, Future};
-use std::net::SocketAddr;
-use std::pin::{pin, Pin};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::client::conn::http1::{self, Connection, SendRequest};
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId};
+use hyper::StatusCode;
+pub use parlor::client::{Answer, Conn, Target};
 use parlor::hub::Hub;
 use parlor::{Config, Server};
 use serde::Deserialize;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
 /// The 64-byte message text of the reference measurements.
 pub const TEXT: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-/// A connection idle for longer is replaced before its next request.
-const IDLE_REOPEN: Duration = Duration::from_secs(2);
-
-pub type Error = Box<dyn std::error::Error + Send + Sync>;
-
 // ---------------------------------------------------------------------------
-// A kept-alive client connection, driven by the task that uses it.
+// Client connections: parlor's own kept-alive client, as parlor-bench uses.
 
-pub struct Conn {
-    send: SendRequest<Full<Bytes>>,
-    conn: Pin<Box<Connection<TokioIo<TcpStream>, Full<Bytes>>>>,
-    host: HeaderValue,
-    addr: SocketAddr,
-    last_used: Instant,
+/// A kept-alive connection to the bench server.
+pub async fn connect(target: &Target) -> Conn {
+    Conn::open(target)
+        .await
+        .expect("connect to the bench server")
 }
 
-impl Conn {
-    pub async fn open(addr: SocketAddr) -> Conn {
-        let stream = TcpStream::connect(addr)
-            .await
-            .expect("connect to the bench server");
-        stream.set_nodelay(true).expect("set TCP_NODELAY");
-        let (send, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("HTTP/1 handshake");
-        Conn {
-            send,
-            conn: Box::pin(conn),
-            host: HeaderValue::from_str(&addr.to_string()).expect("an address is a valid host"),
-            addr,
-            last_used: Instant::now(),
-        }
-    }
-
-    /// Reconnects a connection that sat idle: parlor closes connections
-    /// idle past its header timeout (10 s), and racing that close would
-    /// fail a request now and then.
-    pub async fn revive(&mut self) {
-        if self.last_used.elapsed() > IDLE_REOPEN || self.send.is_closed() {
-            *self = Conn::open(self.addr).await;
-        }
-        self.last_used = Instant::now();
-    }
-
-    pub async fn get(&mut self, uri: String) -> Result<(StatusCode, Bytes), Error> {
-        let request = Request::builder()
-            .method(Method::GET)
-            .uri(uri)
-            .header(HOST, self.host.clone())
-            .body(Full::new(Bytes::new()))?;
-        self.call(request).await
-    }
-
-    pub async fn post(&mut self, path: &str, form: String) -> Result<(StatusCode, Bytes), Error> {
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(path)
-            .header(HOST, self.host.clone())
-            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Full::new(Bytes::from(form)))?;
-        self.call(request).await
-    }
-
-    /// Sends a request and reads the whole answer, polling the connection
-    /// future alongside (no connection task, no channel hop).
-    pub async fn call(
-        &mut self,
-        request: Request<Full<Bytes>>,
-    ) -> Result<(StatusCode, Bytes), Error> {
-        self.revive().await;
-        let Conn { send, conn, .. } = self;
-        let mut work = pin!(async move {
-            send.ready().await?;
-            let response = send.send_request(request).await?;
-            let status = response.status();
-            let body = response.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((status, body))
-        });
-        poll_fn(|cx| {
-            if let Poll::Ready(result) = work.as_mut().poll(cx) {
-                return Poll::Ready(result.map_err(Error::from));
-            }
-            match conn.as_mut().poll(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok(())) => Poll::Ready(Err("connection closed".into())),
-                Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),
+/// Benches `floor_healthz/<stage>`: bare `GET /healthz` round trips on
+/// `conn` (taken out for each batch and put back), the floor that the
+/// stage's other benches are compared with.
+pub fn bench_floor(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    client: &Runtime,
+    stage: &str,
+    conn: &Cell<Option<Conn>>,
+) {
+    let name = format!("floor_healthz/{stage}");
+    group.bench_function(BenchmarkId::new("floor_healthz", stage), |b| {
+        b.to_async(client).iter_custom(|iters| {
+            let name = &name;
+            async move {
+                let mut taken = conn.take().expect("the floor connection is back");
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let started = Instant::now();
+                    let answer = taken.get("/healthz".to_owned()).await.expect("/healthz");
+                    total += started.elapsed();
+                    assert_eq!(answer.status, StatusCode::OK);
+                }
+                conn.set(Some(taken));
+                record(name, total, iters);
+                total
             }
         })
-        .await
-    }
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -127,7 +69,7 @@ pub struct Bench {
     /// Runs the server's tasks; dropping it stops the server.
     _server: Runtime,
     pub client: Runtime,
-    pub addr: SocketAddr,
+    pub target: Target,
     pub hub: Hub,
     _stop: oneshot::Sender<()>,
 }
@@ -154,7 +96,7 @@ impl Bench {
         let listener = server
             .block_on(TcpListener::bind("127.0.0.1:0"))
             .expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("bound address");
+        let target = Target::at(listener.local_addr().expect("bound address"));
         let (stop, stopped) = oneshot::channel::<()>();
         server.spawn(async move {
             let _ = parlor
@@ -166,7 +108,7 @@ impl Bench {
         Bench {
             _server: server,
             client,
-            addr,
+            target,
             hub,
             _stop: stop,
         }
@@ -178,15 +120,16 @@ impl Bench {
 
     /// Joins `names` with a few concurrent joiners.
     pub fn join_all(&self, names: Vec<String>) -> Vec<Joined> {
-        let addr = self.addr;
+        let target = self.target.clone();
         self.client.block_on(async move {
             let chunk = names.len().div_ceil(4).max(1);
             let tasks: Vec<_> = names
                 .chunks(chunk)
                 .map(<[String]>::to_vec)
                 .map(|chunk| {
+                    let target = target.clone();
                     tokio::spawn(async move {
-                        let mut conn = Conn::open(addr).await;
+                        let mut conn = connect(&target).await;
                         let mut joined = Vec::with_capacity(chunk.len());
                         for name in &chunk {
                             joined.push(join(&mut conn, name).await);
@@ -231,12 +174,12 @@ pub struct Cursor {
 }
 
 pub async fn join(conn: &mut Conn, name: &str) -> Joined {
-    let (status, body) = conn
+    let answer = conn
         .post("/join", format!("name={name}&password=pw-{name}"))
         .await
         .expect("/join answers");
-    assert_eq!(status, StatusCode::OK, "/join {name}");
-    serde_json::from_slice(&body).expect("/join answers JSON")
+    assert_eq!(answer.status, StatusCode::OK, "/join {name}");
+    serde_json::from_slice(&answer.body).expect("/join answers JSON")
 }
 
 // ---------------------------------------------------------------------------
@@ -244,7 +187,7 @@ pub async fn join(conn: &mut Conn, name: &str) -> Joined {
 
 thread_local! {
     /// Mean nanoseconds per iteration of every measured batch, by bench name.
-    pub static MEANS: RefCell<BTreeMap<String, Vec<f64>>> = const { RefCell::new(BTreeMap::new()) };
+    static MEANS: RefCell<BTreeMap<String, Vec<f64>>> = const { RefCell::new(BTreeMap::new()) };
 }
 
 pub fn record(name: &str, total: Duration, iters: u64) {
@@ -257,7 +200,15 @@ pub fn record(name: &str, total: Duration, iters: u64) {
     });
 }
 
-pub fn median(values: &[f64]) -> f64 {
+/// The medians of the batch means of two benches, if both ran.
+pub fn medians(a: &str, b: &str) -> Option<(f64, f64)> {
+    MEANS.with(|means| {
+        let means = means.borrow();
+        Some((median(means.get(a)?), median(means.get(b)?)))
+    })
+}
+
+fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)

@@ -28,14 +28,14 @@ pub async fn send(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
     })))
 }
 
-pub fn history(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
+pub async fn history(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
     let token = params.token()?;
     let conversation = params.str("conversation")?;
     let before = params.optional_u64("before")?;
     let limit = params
         .optional_u64("limit")?
         .map(|limit| usize::try_from(limit).unwrap_or(usize::MAX));
-    let messages = hub.history(token, conversation, before, limit)?;
+    let messages = hub.history(token, conversation, before, limit).await?;
     Ok(json(&json!({ "messages": messages })))
 }
 

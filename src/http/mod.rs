@@ -20,6 +20,7 @@
 //! it would pin hyper's 8 KiB read buffer until it is answered. Paths not
 //! in the table are static files for GET and HEAD, 404 JSON otherwise.
 
+pub mod cors;
 pub mod request;
 pub mod response;
 pub mod static_files;
@@ -46,6 +47,8 @@ pub struct App {
     /// Enables POST /api/publish when set.
     pub admin_token: Option<Arc<str>>,
     pub public_dir: Arc<PathBuf>,
+    /// The origins whose pages may call the API (`--allow-origin`).
+    pub cors: Arc<cors::Cors>,
 }
 
 /// An API endpoint: what a row of `ROUTES` names and `route` serves.
@@ -131,7 +134,20 @@ pub async fn handle(app: App, request: Request<Incoming>) -> Result<Response<Bod
         Some(found) => Cow::Borrowed(found.path),
         None => Cow::Owned(request.uri().path().to_owned()),
     };
-    let mut response = match route(&app, found, request).await {
+    let admitted = app.cors.admit(request.headers());
+    let preflight = match (&admitted, found) {
+        (Some(origin), Some(found))
+            if method == Method::OPTIONS && cors::is_preflight(request.headers()) =>
+        {
+            Some(cors::preflight(origin.clone(), &found.allow()))
+        }
+        _ => None,
+    };
+    let answer = match preflight {
+        Some(preflight) => Ok(preflight),
+        None => route(&app, found, request).await,
+    };
+    let mut response = match answer {
         Ok(response) => response,
         Err(error) => {
             tracing::debug!(%method, %path, %error, "request failed");
@@ -150,6 +166,9 @@ pub async fn handle(app: App, request: Request<Incoming>) -> Result<Response<Bod
     response
         .headers_mut()
         .insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if let Some(origin) = admitted {
+        cors::admit_answer(&mut response, origin);
+    }
     Ok(response)
 }
 
@@ -188,7 +207,7 @@ async fn route(
         Endpoint::Status => api::session::set_status(hub, Params::read(request).await?).await,
         Endpoint::Users => api::session::users(hub, Params::read(request).await?),
         Endpoint::Send => api::conversations::send(hub, Params::read(request).await?).await,
-        Endpoint::History => api::conversations::history(hub, Params::read(request).await?),
+        Endpoint::History => api::conversations::history(hub, Params::read(request).await?).await,
         Endpoint::Dialog => api::conversations::dialog(hub, Params::read(request).await?).await,
         Endpoint::RoomsJoin => {
             api::conversations::join_room(hub, Params::read(request).await?).await

@@ -17,12 +17,16 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::sweeper::{IdleQueue, SweeperAlarm};
+use crate::auth::TokenHash;
 
 /// Why a parked poll is answered before its timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wake {
     /// The mailbox has something new: read it.
     Events,
+    /// Presence changed, and nothing else: read it, or wait a little for
+    /// more changes to answer them all at once (see `poll`).
+    Presence,
     /// A newer poll of the same client took over: answer empty.
     Superseded,
     /// The server is stopping: answer empty so the client re-polls elsewhere.
@@ -34,7 +38,8 @@ pub enum Wake {
 #[derive(Debug)]
 pub struct Client {
     pub id: u64,
-    pub token: String,
+    /// What the hub keeps of the client's token (see `auth::TokenHash`).
+    pub token: TokenHash,
     pub user: String,
     /// The highest cursor the client has polled with (or was handed by
     /// /join or /sync): it has seen every event up to there, so its user's
@@ -50,6 +55,9 @@ pub struct Client {
 struct ParkedPoll {
     poll_id: u64,
     wake: oneshot::Sender<Wake>,
+    /// The poll already holds presence changes, to answer when its window
+    /// ends: a further presence change need not wake it.
+    coalescing: bool,
 }
 
 /// A poll that was parked: wait on `woken`, and identify it to `unpark`.
@@ -64,9 +72,12 @@ pub struct Parked {
 #[derive(Debug)]
 pub struct Clients {
     slab: Slab<Client>,
-    /// Slab keys of clients with a parked poll (woken all at once on a
-    /// presence change, without scanning idle clients).
+    /// Slab keys of clients with a parked poll that a presence change
+    /// wakes (all at once, without scanning idle clients).
     parked: HashSet<usize>,
+    /// Slab keys of clients with a parked poll that is `coalescing`: woken
+    /// by anything but presence. Every parked poll is in exactly one set.
+    coalescing: HashSet<usize>,
     idle: IdleQueue,
     /// Told of each new earliest deadline of this queue; wakes the sweeper
     /// if it is the earliest of all. Called with the shard's lock held:
@@ -81,6 +92,7 @@ impl Clients {
         Clients {
             slab: Slab::new(),
             parked: HashSet::new(),
+            coalescing: HashSet::new(),
             idle: IdleQueue::default(),
             sweeper,
             inactivity_timeout,
@@ -95,7 +107,7 @@ impl Clients {
     pub fn insert(
         &mut self,
         id: u64,
-        token: String,
+        token: TokenHash,
         user: &str,
         acked: u64,
         now: Instant,
@@ -119,7 +131,7 @@ impl Clients {
             self.idle.remove(deadline, key, client.id);
         }
         if let Some(parked) = client.parked.take() {
-            self.parked.remove(&key);
+            self.parked_set(parked.coalescing).remove(&key);
             let _ = parked.wake.send(Wake::ClientGone);
         }
         Some(client)
@@ -164,7 +176,7 @@ impl Clients {
         let Some(parked) = self.slab.get_mut(key).and_then(|c| c.parked.take()) else {
             return;
         };
-        self.parked.remove(&key);
+        self.parked_set(parked.coalescing).remove(&key);
         self.mark_idle(key, now);
         let _ = parked.wake.send(wake);
     }
@@ -174,9 +186,14 @@ impl Clients {
         self.wake(key, Wake::Superseded, now);
     }
 
-    /// Answers every parked poll.
+    /// Answers every parked poll, but for `Wake::Presence` those that are
+    /// coalescing presence already.
     pub fn wake_all(&mut self, wake: Wake, now: Instant) {
-        for key in std::mem::take(&mut self.parked) {
+        let mut keys = std::mem::take(&mut self.parked);
+        if wake != Wake::Presence {
+            keys.extend(self.coalescing.drain());
+        }
+        for key in keys {
             if let Some(parked) = self.slab.get_mut(key).and_then(|c| c.parked.take()) {
                 self.mark_idle(key, now);
                 let _ = parked.wake.send(wake);
@@ -185,7 +202,8 @@ impl Clients {
     }
 
     /// Parks a poll for the client: it stops being idle until woken.
-    pub fn park(&mut self, key: usize) -> Option<Parked> {
+    /// A `coalescing` poll is not woken by presence changes.
+    pub fn park(&mut self, key: usize, coalescing: bool) -> Option<Parked> {
         self.last_poll_id += 1;
         let poll_id = self.last_poll_id;
         let client = self.slab.get_mut(key)?;
@@ -193,13 +211,20 @@ impl Clients {
             self.idle.remove(deadline, key, client.id);
         }
         let (wake, woken) = oneshot::channel();
-        if let Some(older) = client.parked.replace(ParkedPoll { poll_id, wake }) {
+        let newer = ParkedPoll {
+            poll_id,
+            wake,
+            coalescing,
+        };
+        let client_id = client.id;
+        if let Some(older) = client.parked.replace(newer) {
+            self.parked_set(older.coalescing).remove(&key);
             let _ = older.wake.send(Wake::Superseded);
         }
-        self.parked.insert(key);
+        self.parked_set(coalescing).insert(key);
         Some(Parked {
             key,
-            client_id: client.id,
+            client_id,
             poll_id,
             woken,
         })
@@ -213,10 +238,18 @@ impl Clients {
         };
         let ours =
             client.id == client_id && client.parked.as_ref().is_some_and(|p| p.poll_id == poll_id);
-        if ours {
-            client.parked = None;
-            self.parked.remove(&key);
+        if let Some(parked) = client.parked.take_if(|_| ours) {
+            self.parked_set(parked.coalescing).remove(&key);
             self.mark_idle(key, now);
+        }
+    }
+
+    /// The set a parked poll's key is in (see `parked` and `coalescing`).
+    fn parked_set(&mut self, coalescing: bool) -> &mut HashSet<usize> {
+        if coalescing {
+            &mut self.coalescing
+        } else {
+            &mut self.parked
         }
     }
 
@@ -248,10 +281,43 @@ impl Clients {
     }
 
     pub fn parked(&self) -> usize {
-        self.parked.len()
+        self.parked.len() + self.coalescing.len()
     }
 
     pub fn idle(&self) -> usize {
         self.idle.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presence_wakes_only_polls_not_coalescing_already() {
+        let now = Instant::now();
+        let mut clients = Clients::new(Arc::default(), Duration::from_secs(30));
+        let plain = clients.insert(1, TokenHash::of("t1"), "ann", 0, now);
+        let held = clients.insert(2, TokenHash::of("t2"), "bob", 0, now);
+        let mut plain_poll = clients.park(plain, false).expect("a client");
+        let mut held_poll = clients.park(held, true).expect("a client");
+        assert_eq!((clients.parked(), clients.idle()), (2, 0));
+
+        clients.wake_all(Wake::Presence, now);
+        assert_eq!(plain_poll.woken.try_recv(), Ok(Wake::Presence));
+        assert!(held_poll.woken.try_recv().is_err(), "still parked");
+        assert_eq!((clients.parked(), clients.idle()), (1, 1));
+
+        clients.wake(held, Wake::Events, now);
+        assert_eq!(held_poll.woken.try_recv(), Ok(Wake::Events));
+        assert_eq!((clients.parked(), clients.idle()), (0, 2));
+
+        let mut again = clients.park(held, true).expect("a client");
+        let mut newer = clients.park(held, false).expect("a client");
+        assert_eq!(again.woken.try_recv(), Ok(Wake::Superseded));
+        assert_eq!(clients.parked(), 1, "the newer poll replaced it");
+        clients.wake_all(Wake::ShuttingDown, now);
+        assert_eq!(newer.woken.try_recv(), Ok(Wake::ShuttingDown));
+        assert_eq!((clients.parked(), clients.idle()), (0, 2));
     }
 }

@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::delivery::Committer;
 use super::membership::valid_name;
 use super::{Hub, HubResult, Refusal};
+use crate::auth::TokenHash;
 use crate::config::MAX_ROOMS;
 use crate::conversation::{dialog_id, is_dialog, Conversation, LOBBY};
 use crate::event::{Event, RemovalReason};
@@ -22,6 +23,7 @@ pub struct PublishReport {
 impl Hub {
     /// POST /dialog: the dialog with `with`, created if there is none.
     pub fn dialog(&self, token: &str, with: &str) -> HubResult<Conversation> {
+        let token = &TokenHash::of(token);
         let mut locked = self.lock_all();
         let client = locked.client_of(token)?;
         let user = locked.user_of(client, token)?;
@@ -59,6 +61,7 @@ impl Hub {
 
     /// POST /rooms/join: joins (creating if needed) the room `name`.
     pub fn join_room(&self, token: &str, name: &str) -> HubResult<Conversation> {
+        let token = &TokenHash::of(token);
         if !valid_name(name) {
             return Err(Refusal::InvalidRoomName);
         }
@@ -106,8 +109,11 @@ impl Hub {
         Ok(room)
     }
 
-    /// POST /rooms/leave.
+    /// POST /rooms/leave. The last member to leave deletes the room, with
+    /// its history. (Members stay members while offline, so /leave and
+    /// the sweeper never empty a room.)
     pub fn leave_room(&self, token: &str, conversation: &str) -> HubResult<()> {
+        let token = &TokenHash::of(token);
         let mut locked = self.lock_all();
         let client = locked.client_of(token)?;
         let user = locked.user_of(client, token)?;
@@ -120,12 +126,21 @@ impl Hub {
         locked.dir.require_member(conversation, &user)?;
         let mut members = locked.dir.rooms[conversation].members.clone();
         members.retain(|member| *member != user);
-        locked.record(Change::Room(StoredRoom {
-            name: conversation.to_owned(),
-            members: members.clone(),
-        }));
-        if let Some(room) = locked.dir.rooms.get_mut(conversation) {
-            room.members = members.clone();
+        if members.is_empty() {
+            // Nobody is left to read it: the room and its history go, so
+            // that empty rooms do not pile up against `MAX_ROOMS`.
+            locked.dir.rooms.remove(conversation);
+            locked.record(Change::RoomDeleted {
+                name: conversation.to_owned(),
+            });
+        } else {
+            locked.record(Change::Room(StoredRoom {
+                name: conversation.to_owned(),
+                members: members.clone(),
+            }));
+            if let Some(room) = locked.dir.rooms.get_mut(conversation) {
+                room.members = members.clone();
+            }
         }
         if let Some(rooms) = locked.dir.rooms_of.get_mut(&user) {
             rooms.remove(conversation);

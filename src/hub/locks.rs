@@ -2,8 +2,9 @@
 //! them: the per-user `Shard`s, the shared `Directory`, and `Locked`, an
 //! operation's view of what it holds.
 //!
-//! Users (with their clients and mailboxes) and client tokens are spread
-//! over `SHARDS` shards by a hash of the name or token, each behind its own
+//! Users (with their clients and mailboxes) and client tokens (by their
+//! SHA-256, `auth::TokenHash`: the raw token is never kept) are spread over
+//! `SHARDS` shards by a hash of the name or token, each behind its own
 //! mutex. What they share — who is online, rooms, dialogs, presence — is the
 //! `Directory`, behind a read-write lock. A poll takes the directory shared
 //! and its user's shard; a /send the directory shared and its members'
@@ -33,6 +34,7 @@ use super::online::{OnlineNames, OnlineSnapshot};
 use super::presence::PresenceBoard;
 use super::sweeper::SweeperAlarm;
 use super::{Hub, HubResult, Refusal, Shared};
+use crate::auth::TokenHash;
 use crate::conversation::{is_dialog, Conversation, LOBBY};
 use crate::event::Message;
 
@@ -68,7 +70,7 @@ pub(super) struct Directory {
 pub(super) struct Shard {
     pub(super) users: HashMap<String, OnlineUser>,
     pub(super) clients: Clients,
-    pub(super) tokens: HashMap<String, ClientRef>,
+    pub(super) tokens: HashMap<TokenHash, ClientRef>,
     /// (sender, client_msg_id) → message, for senders of this shard, the
     /// most recent sends, oldest first (see `send`).
     pub(super) recent_sends: HashMap<(String, String), Message>,
@@ -146,7 +148,7 @@ impl Hub {
 
     /// The client behind a token (`UnknownClient` if none). Takes the
     /// token's shard alone: call it holding no shard.
-    pub(super) fn find_client(&self, token: &str) -> HubResult<ClientRef> {
+    pub(super) fn find_client(&self, token: &TokenHash) -> HubResult<ClientRef> {
         self.shared
             .shard(self.shared.shard_of_token(token))
             .tokens
@@ -169,18 +171,11 @@ impl Shared {
         ((hash ^ (hash >> 32)) % SHARDS as u64) as usize
     }
 
-    /// Tokens are random hex (`auth::new_token`): their first digit is
-    /// already a uniform shard number. Whatever else a client sends maps to
-    /// some shard too, where no client has it.
+    /// A token hash is uniform whatever a client sends, so it needs no
+    /// seed: its first byte picks the shard.
     #[inline]
-    pub(super) fn shard_of_token(&self, token: &str) -> usize {
-        let digit = match token.as_bytes().first() {
-            Some(&byte @ b'0'..=b'9') => byte - b'0',
-            Some(&byte @ b'a'..=b'f') => byte - b'a' + 10,
-            Some(&other) => other,
-            None => 0,
-        };
-        usize::from(digit) % SHARDS
+    pub(super) fn shard_of_token(&self, token: &TokenHash) -> usize {
+        token.shard(SHARDS)
     }
 
     /// One shard, taken alone or in index order (see the lock order).
@@ -285,11 +280,11 @@ impl<D: Deref<Target = Directory>> Locked<'_, D> {
 
     /// The user behind a client found by token, checked again under the
     /// user's shard (the client may have gone, and its slot been reused).
-    pub(super) fn user_of(&mut self, client: ClientRef, token: &str) -> HubResult<String> {
+    pub(super) fn user_of(&mut self, client: ClientRef, token: &TokenHash) -> HubResult<String> {
         self.shard(client.shard)
             .clients
             .get(client.key)
-            .filter(|found| found.token == token)
+            .filter(|found| found.token == *token)
             .map(|found| found.user.clone())
             .ok_or(Refusal::UnknownClient)
     }
@@ -307,7 +302,7 @@ impl Exclusive<'_> {
     }
 
     /// The client behind a token (`UnknownClient` if none).
-    pub(super) fn client_of(&mut self, token: &str) -> HubResult<ClientRef> {
+    pub(super) fn client_of(&mut self, token: &TokenHash) -> HubResult<ClientRef> {
         let index = self.hub.shard_of_token(token);
         self.shard(index)
             .tokens
@@ -329,6 +324,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use crate::auth::TokenHash;
     use crate::hub::{Hub, HubConfig};
     use crate::store::memory::MemoryStore;
 
@@ -378,7 +374,7 @@ mod tests {
             let session = runtime.block_on(hub.join(&name, "pw")).expect("joins");
             let token = session.token.clone().expect("a new client has a token");
             let user_shard = hub.shared.shard_of_user(&name);
-            let token_shard = hub.shared.shard_of_token(&token);
+            let token_shard = hub.shared.shard_of_token(&TokenHash::of(&token));
             if user_shard != HELD && token_shard != HELD && away.len() < 2 {
                 away.push((name, token, session.cursor));
             } else if user_shard == HELD && token_shard != HELD && inside.is_none() {

@@ -3,8 +3,9 @@
 //!
 //! The cursor a client holds is the sequence number of the last event it has
 //! seen. Reading never consumes: the same cursor reads the same events again,
-//! which is what makes a retried poll safe. When the log is full the oldest
-//! event is dropped, and a cursor that points before what is kept is reported
+//! which is what makes a retried poll safe. When the log is full (in events,
+//! `MAILBOX_CAPACITY`, or in bytes, `MAILBOX_MAX_BYTES`) the oldest event is
+//! dropped, and a cursor that points before what is kept is reported
 //! as expired rather than silently skipped forward, so a client learns it
 //! missed events (and re-syncs) instead of showing a gap.
 //!
@@ -14,7 +15,7 @@
 
 use std::collections::VecDeque;
 
-use crate::config::MAILBOX_CAPACITY;
+use crate::config::{MAILBOX_CAPACITY, MAILBOX_MAX_BYTES};
 use crate::event::EventBytes;
 
 /// Trimmed logs are not shrunk below this many entries' room: shrinking
@@ -43,6 +44,8 @@ pub struct Mailbox {
     /// ticket that makes it durable (0: already durable) and the store's
     /// delivery id for it (0 when the store keeps no live state).
     events: VecDeque<Entry>,
+    /// Bytes of the events' JSON, summed.
+    bytes: usize,
     /// The window (start, oldest delivery) as last written to the store;
     /// written in steps, so it may lag behind (never ahead of) the real one.
     pub persisted_window: Option<(u64, u64)>,
@@ -72,6 +75,7 @@ impl Mailbox {
         Mailbox {
             start: 0,
             events: VecDeque::new(),
+            bytes: 0,
             persisted_window: None,
             presence_seen,
         }
@@ -120,18 +124,22 @@ impl Mailbox {
             seq = stored_seq;
         }
         fill_to(&mut events, &mut seq, head.saturating_add(1), next_delivery);
-        let mut start = start;
-        while events.len() > MAILBOX_CAPACITY {
-            events.pop_front();
-            start += 1;
-        }
-        let persisted_window = events.front().map(|entry| (start, entry.delivery));
-        let mailbox = Mailbox {
+        let bytes = events
+            .iter()
+            .map(|entry| entry.event.as_bytes().len())
+            .sum();
+        let mut mailbox = Mailbox {
             start,
             events,
-            persisted_window,
+            bytes,
+            persisted_window: None,
             presence_seen,
         };
+        mailbox.drop_oldest_over_bounds();
+        mailbox.persisted_window = mailbox
+            .events
+            .front()
+            .map(|entry| (mailbox.start, entry.delivery));
         (mailbox, filled)
     }
 
@@ -169,7 +177,8 @@ impl Mailbox {
         self.events.is_empty()
     }
 
-    /// Appends an already durable event, dropping the oldest when full.
+    /// Appends an already durable event, dropping the oldest when full (in
+    /// events or in bytes).
     /// Returns its number.
     pub fn push(&mut self, event: EventBytes) -> u64 {
         self.push_pending(event, 0)
@@ -182,16 +191,28 @@ impl Mailbox {
 
     /// Appends an event stored as delivery `delivery`, durable with `ticket`.
     pub fn push_delivered(&mut self, event: EventBytes, ticket: u64, delivery: u64) -> u64 {
-        if self.events.len() == MAILBOX_CAPACITY {
-            self.events.pop_front();
-            self.start += 1;
-        }
+        self.bytes += event.as_bytes().len();
         self.events.push_back(Entry {
             event,
             ticket,
             delivery,
         });
+        self.drop_oldest_over_bounds();
         self.head()
+    }
+
+    /// Drops the oldest events while the log holds more than its bounds
+    /// allow, always keeping the newest.
+    fn drop_oldest_over_bounds(&mut self) {
+        while self.events.len() > MAILBOX_CAPACITY
+            || (self.bytes > MAILBOX_MAX_BYTES && self.events.len() > 1)
+        {
+            let Some(dropped) = self.events.pop_front() else {
+                return;
+            };
+            self.bytes -= dropped.event.as_bytes().len();
+            self.start += 1;
+        }
     }
 
     /// Gives the events appended with ticket `UNSEALED` (the newest ones)
@@ -247,7 +268,9 @@ impl Mailbox {
         if seq <= self.start {
             return false;
         }
-        self.events.drain(..(seq - self.start) as usize);
+        for dropped in self.events.drain(..(seq - self.start) as usize) {
+            self.bytes -= dropped.event.as_bytes().len();
+        }
         self.start = seq;
         if self.events.capacity() > 4 * self.events.len().max(SHRINK_FLOOR) {
             self.events
@@ -366,5 +389,25 @@ mod tests {
             "sealing touches only the unsealed tail"
         );
         assert_eq!(mailbox.visible_head(10), 4);
+    }
+
+    #[test]
+    fn a_mailbox_over_its_byte_bound_drops_oldest_and_expires_old_cursors() {
+        let mut mailbox = Mailbox::new(0);
+        let data = serde_json::json!("x".repeat(10_000));
+        let big = Event::Notification { data: &data }.to_bytes();
+        let fit = MAILBOX_MAX_BYTES / big.as_bytes().len();
+        for _ in 0..fit + 3 {
+            mailbox.push(big.clone());
+        }
+        assert_eq!(mailbox.len(), fit);
+        assert!(mailbox.bytes <= MAILBOX_MAX_BYTES);
+        assert!(matches!(
+            mailbox.read(2, 10),
+            Read::Expired { oldest_cursor: 3 }
+        ));
+        assert_eq!(seqs(mailbox.read(3, 2)), vec![4, 5]);
+        assert!(mailbox.trim_through(mailbox.head() - 1));
+        assert_eq!(mailbox.bytes, big.as_bytes().len(), "trims count too");
     }
 }

@@ -16,7 +16,7 @@ use super::locks::{ClientRef, Exclusive, Locked, OnlineUser};
 use super::mailbox::Mailbox;
 use super::online::OnlineSnapshot;
 use super::{Hub, HubResult, Refusal};
-use crate::auth;
+use crate::auth::{self, TokenHash};
 use crate::config::{MAX_CLIENTS_PER_USER, MAX_NAME_LEN, MAX_PASSWORD_BYTES};
 use crate::conversation::Conversation;
 use crate::event::{Event, RemovalReason, Status};
@@ -65,14 +65,10 @@ impl Hub {
                     name: name.to_owned(),
                 });
             }
-            let client = locked.open_client(name, now);
+            let (client, token) = locked.open_client(name, now);
             let ticket = locked.flush_for_waiter();
             let mut session = locked.session(client);
-            session.token = locked
-                .shard(client.shard)
-                .clients
-                .get(client.key)
-                .map(|client| client.token.clone());
+            session.token = Some(token);
             (session, ticket)
         };
         // The token must survive a crash before the client may use it.
@@ -84,7 +80,7 @@ impl Hub {
     async fn check_password(&self, name: &str, password: &str) -> HubResult<()> {
         let store = &self.shared.store;
         let hasher = &self.shared.hasher;
-        let stored = match store.password_hash(name)? {
+        let stored = match store.password_hash(name).await? {
             Some(stored) => stored,
             None => {
                 let hash = hasher.hash(password).await;
@@ -101,7 +97,7 @@ impl Hub {
                     return Ok(());
                 }
                 // Another /join claimed the name while we hashed.
-                store.password_hash(name)?.ok_or_else(|| {
+                store.password_hash(name).await?.ok_or_else(|| {
                     StoreError(format!("account `{name}` vanished after being claimed"))
                 })?
             }
@@ -118,6 +114,7 @@ impl Hub {
     /// GET /sync: a fresh snapshot and the current head, for a client whose
     /// cursor expired.
     pub fn sync(&self, token: &str) -> HubResult<Session> {
+        let token = &TokenHash::of(token);
         self.advance_durable(self.shared.durable_through());
         let mut locked = self.lock_all();
         let client = locked.client_of(token)?;
@@ -131,12 +128,13 @@ impl Hub {
 
     /// POST /status.
     pub fn set_status(&self, token: &str, status: Status) -> HubResult<()> {
+        let token = &TokenHash::of(token);
         let now = Instant::now();
         let mut locked = self.lock_all();
         let client = locked.client_of(token)?;
         let user = locked.user_of(client, token)?;
         if locked.set_presence(&user, status) {
-            locked.wake_all(Wake::Events, now);
+            locked.wake_all(Wake::Presence, now);
         }
         locked.flush(Committer::Store);
         Ok(())
@@ -144,6 +142,7 @@ impl Hub {
 
     /// POST /leave: ends the client process now.
     pub fn leave(&self, token: &str) -> HubResult<()> {
+        let token = &TokenHash::of(token);
         let now = Instant::now();
         let mut locked = self.lock_all();
         let client = locked.client_of(token)?;
@@ -154,6 +153,7 @@ impl Hub {
 
     /// GET /users: who is online, with their status.
     pub fn users(&self, token: &str) -> HubResult<Arc<OnlineSnapshot>> {
+        let token = &TokenHash::of(token);
         let mut locked = self.lock_all();
         locked.client_of(token)?;
         Ok(locked.dir.online_snapshot())
@@ -162,7 +162,8 @@ impl Hub {
 
 impl Exclusive<'_> {
     /// Opens a client process; the user comes online with its first one.
-    pub(super) fn open_client(&mut self, name: &str, now: Instant) -> ClientRef {
+    /// Returns the client and its token, which only the joiner is told.
+    pub(super) fn open_client(&mut self, name: &str, now: Instant) -> (ClientRef, String) {
         let hub = self.hub;
         let index = hub.shard_of_user(name);
         let came_online = !self.shard(index).users.contains_key(name);
@@ -190,28 +191,29 @@ impl Exclusive<'_> {
         let durable_through = hub.durable_through();
         let id = hub.last_client_id.fetch_add(1, Ordering::Relaxed) + 1;
         let token = auth::new_token();
+        let token_hash = TokenHash::of(&token);
         let shard = self.shard(index);
         let acked = shard
             .users
             .get(name)
             .map_or(0, |user| user.mailbox.visible_head(durable_through));
-        let key = shard.clients.insert(id, token.clone(), name, acked, now);
+        let key = shard.clients.insert(id, token_hash, name, acked, now);
         if let Some(user) = shard.users.get_mut(name) {
             user.clients.push(key);
         }
         self.record_live(|| Change::ClientOpened {
             id,
-            token: token.clone(),
+            token: token_hash,
             user: name.to_owned(),
         });
-        let token_shard = hub.shard_of_token(&token);
+        let token_shard = hub.shard_of_token(&token_hash);
         let client = ClientRef { shard: index, key };
-        self.shard(token_shard).tokens.insert(token, client);
+        self.shard(token_shard).tokens.insert(token_hash, client);
         if came_online {
             self.set_presence(name, Status::Online);
-            self.wake_all(Wake::Events, now);
+            self.wake_all(Wake::Presence, now);
         }
-        client
+        (client, token)
     }
 
     /// Removes a client process; with the user's last one, the user goes
@@ -258,7 +260,7 @@ impl Exclusive<'_> {
             }
         }
         self.set_presence(&closed.user, Status::Offline);
-        self.wake_all(Wake::Events, now);
+        self.wake_all(Wake::Presence, now);
         self.compact_presence();
     }
 

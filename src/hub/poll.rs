@@ -3,6 +3,14 @@
 //! takes the locks, copies in presence changes, acknowledges what the
 //! cursor says was seen, and reads or parks; `ParkGuard` unparks a poll
 //! whose future ends unwoken.
+//!
+//! Presence is coalesced: a poll that would be answered for presence
+//! changes alone parks again for `PRESENCE_COALESCE_WINDOW` without copying
+//! them, and meanwhile further presence changes do not wake it (it parks
+//! *coalescing*, see `clients`). When the window ends it copies every change
+//! at once; a message or any other event still wakes and answers it at
+//! once. So a storm of status changes, joins or sweeps costs each poller one
+//! answer per window rather than one per change.
 
 use std::ops::Deref;
 use std::sync::atomic::Ordering;
@@ -16,7 +24,8 @@ use super::delivery::Committer;
 use super::locks::{ClientRef, Directory, Locked, Shard};
 use super::mailbox::Read;
 use super::{Hub, HubResult, Refusal};
-use crate::config::{MAX_EVENTS_PER_POLL, PRESENCE_CHANGES_PER_POLL};
+use crate::auth::TokenHash;
+use crate::config::{MAX_EVENTS_PER_POLL, PRESENCE_CHANGES_PER_POLL, PRESENCE_COALESCE_WINDOW};
 use crate::event::{empty_poll_body, write_poll_body, EventBytes};
 
 /// What one pass of a poll found.
@@ -32,6 +41,9 @@ struct ParkedAt {
     client_id: u64,
     poll_id: u64,
     woken: oneshot::Receiver<Wake>,
+    /// Parked with presence changes left uncopied, to copy when the poll's
+    /// coalescing window ends.
+    coalescing: bool,
 }
 
 impl Hub {
@@ -52,11 +64,26 @@ impl Hub {
             None => poll_timeout.mul_f64(1.0 - 0.1 * jitter_fraction()),
         };
         let deadline = Instant::now() + wait;
+        let token = &TokenHash::of(token);
+        // When the poll first held back presence changes: they are answered
+        // once the window from there ends.
+        let mut presence_due: Option<Instant> = None;
+        // The deadline passed: one last pass answers what there is.
+        let mut ending = false;
         loop {
-            let parked = match self.read_or_park(token, cursor, !wait.is_zero())? {
+            let may_park = !wait.is_zero() && !ending;
+            let copy_presence = !may_park || presence_due.is_some_and(|due| Instant::now() >= due);
+            let parked = match self.read_or_park(token, cursor, may_park, copy_presence)? {
                 ReadOrPark::Ready(body) => return Ok(body),
                 ReadOrPark::Parked(parked) => parked,
             };
+            let mut wake_at = deadline;
+            let coalescing = parked.coalescing;
+            if coalescing {
+                let due =
+                    *presence_due.get_or_insert_with(|| Instant::now() + PRESENCE_COALESCE_WINDOW);
+                wake_at = wake_at.min(due);
+            }
             let mut guard = ParkGuard {
                 hub: self,
                 client: parked.client,
@@ -69,14 +96,19 @@ impl Hub {
                     // Whoever woke us already took the parked poll off the client.
                     guard.armed = false;
                     match woken {
-                        Ok(Wake::Events) => continue,
+                        Ok(Wake::Events | Wake::Presence) => continue,
                         Ok(Wake::Superseded | Wake::ShuttingDown) => return Ok(empty_poll_body(cursor)),
                         Ok(Wake::ClientGone) | Err(_) => return Err(Refusal::UnknownClient),
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => {
+                _ = tokio::time::sleep_until(wake_at) => {
                     drop(guard); // unparks: the client is idle from now
-                    return Ok(empty_poll_body(cursor));
+                    if !coalescing {
+                        return Ok(empty_poll_body(cursor));
+                    }
+                    // The window (or the poll) ended with presence held back:
+                    // answer it now.
+                    ending = wake_at >= deadline;
                 }
             }
         }
@@ -84,7 +116,15 @@ impl Hub {
 
     /// The poll path: the directory shared, the token's shard, then the
     /// user's shard; the log only if the poll changed something durable.
-    fn read_or_park(&self, token: &str, cursor: u64, may_park: bool) -> HubResult<ReadOrPark> {
+    /// Unless `copy_presence`, presence changes are left uncopied while
+    /// nothing else is unread (the poll then parks coalescing).
+    fn read_or_park(
+        &self,
+        token: &TokenHash,
+        cursor: u64,
+        may_park: bool,
+        copy_presence: bool,
+    ) -> HubResult<ReadOrPark> {
         let now = Instant::now();
         let directory = self.directory();
         let client = self.find_client(token)?;
@@ -94,7 +134,7 @@ impl Hub {
             .shard(client.shard)
             .clients
             .supersede(client.key, now);
-        locked.copy_presence_changes(&user_name, cursor);
+        let coalescing = locked.copy_presence_changes(&user_name, cursor, copy_presence);
         locked.acknowledge(client, &user_name, cursor);
         locked.flush(Committer::Store);
         // Events are readable once durable, whether or not their readers
@@ -120,12 +160,15 @@ impl Hub {
                 )))
             }
             Read::UpToDate if may_park && !shutting_down => {
-                let parked = clients.park(client.key).ok_or(Refusal::UnknownClient)?;
+                let parked = clients
+                    .park(client.key, coalescing)
+                    .ok_or(Refusal::UnknownClient)?;
                 return Ok(ReadOrPark::Parked(ParkedAt {
                     client,
                     client_id: parked.client_id,
                     poll_id: parked.poll_id,
                     woken: parked.woken,
+                    coalescing,
                 }));
             }
             Read::UpToDate => Ok(ReadOrPark::Ready(empty_poll_body(cursor))),
@@ -171,8 +214,10 @@ impl Drop for ParkGuard<'_> {
 impl<D: Deref<Target = Directory>> Locked<'_, D> {
     /// Copies presence changes the user's mailbox has not seen into it, at
     /// most as many as fit in the next poll's answer, so presence never
-    /// grows a backlog that could expire a reader's cursor.
-    fn copy_presence_changes(&mut self, user: &str, cursor: u64) {
+    /// grows a backlog that could expire a reader's cursor. Unless `now`,
+    /// copies nothing while nothing else is unread after `cursor`, and
+    /// returns true: the changes wait for the poll's coalescing window.
+    fn copy_presence_changes(&mut self, user: &str, cursor: u64, now: bool) -> bool {
         let index = self.hub.shard_of_user(user);
         let Locked {
             hub,
@@ -185,16 +230,19 @@ impl<D: Deref<Target = Directory>> Locked<'_, D> {
             .as_deref_mut()
             .and_then(|shard| shard.users.get_mut(user))
         else {
-            return;
+            return false;
         };
         let mailbox = &mut online.mailbox;
         if mailbox.presence_seen >= presence.version() {
-            return;
+            return false;
         }
         let unread = mailbox.unread_after(cursor);
+        if unread == 0 && !now {
+            return true;
+        }
         let room = PRESENCE_CHANGES_PER_POLL.min(MAX_EVENTS_PER_POLL.saturating_sub(unread));
         if room == 0 {
-            return;
+            return false;
         }
         let copied: Vec<(u64, EventBytes)> = presence
             .changes_since(mailbox.presence_seen, room)
@@ -210,6 +258,7 @@ impl<D: Deref<Target = Directory>> Locked<'_, D> {
             .fold(seen, |seen, &(version, _)| seen.max(version));
         let copies = copied.into_iter().map(|(_, event)| event);
         batch.append_presence_copies(hub, mailbox, user, copies, seen);
+        false
     }
 
     /// A poll with `cursor` acknowledges every event up to it: once all the

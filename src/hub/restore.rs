@@ -20,6 +20,11 @@ impl Exclusive<'_> {
     pub(super) fn restore(&mut self, snapshot: Snapshot, now: Instant) {
         let hub = self.hub;
         for room in snapshot.rooms {
+            if room.members.is_empty() {
+                // Nobody is in it: it goes, as when its last member leaves.
+                self.record(Change::RoomDeleted { name: room.name });
+                continue;
+            }
             for member in &room.members {
                 self.dir
                     .rooms_of
@@ -93,7 +98,7 @@ impl Exclusive<'_> {
                 .users
                 .get(&user)
                 .map_or(0, |online| online.mailbox.start());
-            let key = shard.clients.insert(id, token.clone(), &user, acked, now);
+            let key = shard.clients.insert(id, token, &user, acked, now);
             if let Some(online) = shard.users.get_mut(&user) {
                 online.clients.push(key);
             }

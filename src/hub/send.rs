@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::locks::Shard;
 use super::{Hub, HubResult, Refusal};
+use crate::auth::TokenHash;
 use crate::config::{
     DEFAULT_HISTORY_LIMIT, MAX_CLIENT_MSG_ID_BYTES, MAX_HISTORY_LIMIT, MAX_TEXT_BYTES,
 };
@@ -33,6 +34,7 @@ impl Hub {
         text: &str,
         client_msg_id: Option<&str>,
     ) -> HubResult<Message> {
+        let token = &TokenHash::of(token);
         if text.is_empty() || text.len() > MAX_TEXT_BYTES {
             return Err(Refusal::InvalidText);
         }
@@ -60,7 +62,7 @@ impl Hub {
                 return Ok(first);
             }
             // The store reads only what is durable.
-            if let Some(first) = self.shared.store.find_sent(&user, id)? {
+            if let Some(first) = self.shared.store.find_sent(&user, id).await? {
                 return Ok(first);
             }
         }
@@ -106,13 +108,14 @@ impl Hub {
     }
 
     /// GET /history: a page of a conversation's messages, members only.
-    pub fn history(
+    pub async fn history(
         &self,
         token: &str,
         conversation: &str,
         before: Option<u64>,
         limit: Option<usize>,
     ) -> HubResult<Vec<Message>> {
+        let token = &TokenHash::of(token);
         let limit = limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
         if limit == 0 || limit > MAX_HISTORY_LIMIT {
             return Err(Refusal::InvalidHistoryLimit);
@@ -124,7 +127,11 @@ impl Hub {
             let user = locked.user_of(client, token)?;
             locked.dir.require_member(conversation, &user)?;
         }
-        Ok(self.shared.store.history(conversation, before, limit)?)
+        Ok(self
+            .shared
+            .store
+            .history(conversation, before, limit)
+            .await?)
     }
 }
 

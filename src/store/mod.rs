@@ -11,14 +11,23 @@
 //! - [`memory::MemoryStore`] (`--ephemeral`): applies at once, keeps nothing.
 //! - [`sqlite::SqliteStore`] (the default): a writer thread commits whatever
 //!   has queued up in one transaction (group commit).
+//!
+//! Reads a request makes (history, a login's password hash, a retried
+//! `client_msg_id`) answer with a [`Reply`] to await: a store whose reads
+//! may wait for a disk does them on threads of its own, never on the async
+//! workers, where one slow read would stall every poll they serve.
 
 pub mod memory;
 pub mod sqlite;
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use tokio::sync::{oneshot, watch};
 
+use crate::auth::TokenHash;
 use crate::event::{EventBytes, Message, Status};
 
 /// A store failure: the request fails and the server stays up.
@@ -43,6 +52,63 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// The answer to a store read: ready at once (the memory store), or
+/// computed on the store's own threads (the SQLite store's readers).
+#[derive(Debug)]
+pub struct Reply<T>(Answer<T>);
+
+#[derive(Debug)]
+enum Answer<T> {
+    /// None once taken by `poll`.
+    Ready(Option<StoreResult<T>>),
+    Pending(oneshot::Receiver<StoreResult<T>>),
+}
+
+impl<T> Reply<T> {
+    /// An answer already known: costs no allocation and no thread hop.
+    pub fn ready(result: StoreResult<T>) -> Reply<T> {
+        Reply(Answer::Ready(Some(result)))
+    }
+
+    /// An answer to be sent on the returned sender; a sender dropped
+    /// without answering (the store stopped) answers an error.
+    pub fn pending() -> (oneshot::Sender<StoreResult<T>>, Reply<T>) {
+        let (answer, reply) = oneshot::channel();
+        (answer, Reply(Answer::Pending(reply)))
+    }
+
+    /// Blocks the calling thread for the answer (tests outside a runtime).
+    #[cfg(test)]
+    pub(crate) fn wait(self) -> StoreResult<T> {
+        match self.0 {
+            Answer::Ready(result) => result.expect("a reply is waited for once"),
+            Answer::Pending(reply) => reply.blocking_recv().unwrap_or_else(|_| Err(stopped())),
+        }
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError("the store stopped before answering a read".into())
+}
+
+// No field is pinned: the answer is moved out, the receiver is Unpin.
+impl<T> Unpin for Reply<T> {}
+
+impl<T> Future for Reply<T> {
+    type Output = StoreResult<T>;
+
+    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<StoreResult<T>> {
+        match &mut self.get_mut().0 {
+            Answer::Ready(result) => {
+                Poll::Ready(result.take().expect("a reply is polled to completion once"))
+            }
+            Answer::Pending(reply) => Pin::new(reply)
+                .poll(context)
+                .map(|answer| answer.unwrap_or_else(|_| Err(stopped()))),
+        }
+    }
+}
+
 /// A room as stored: its name (which is also its id) and its members.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRoom {
@@ -53,7 +119,14 @@ pub struct StoredRoom {
 /// One change to durable state, in the order the hub made it.
 #[derive(Debug, Clone)]
 pub enum Change {
+    /// A room was created or its members changed.
     Room(StoredRoom),
+    /// A room's last member left: the room is gone, and its history with
+    /// it, so a room created later under the name starts empty (and the
+    /// cap on rooms counts only rooms someone is in).
+    RoomDeleted {
+        name: String,
+    },
     DialogOpened {
         id: String,
         members: [String; 2],
@@ -62,9 +135,10 @@ pub enum Change {
         id: String,
     },
     Message(Message),
+    /// A client process opened; only its token's hash is kept.
     ClientOpened {
         id: u64,
-        token: String,
+        token: TokenHash,
         user: String,
     },
     ClientClosed {
@@ -137,8 +211,8 @@ pub struct StoredMailbox {
 pub struct Snapshot {
     pub rooms: Vec<StoredRoom>,
     pub dialogs: Vec<(String, [String; 2])>,
-    /// (client id, token, user)
-    pub clients: Vec<(u64, String, String)>,
+    /// (client id, token hash, user)
+    pub clients: Vec<(u64, TokenHash, String)>,
     pub mailboxes: Vec<StoredMailbox>,
     /// (user, status, version)
     pub presence: Vec<(String, Status, u64)>,
@@ -153,7 +227,7 @@ pub trait Store: Send + Sync + 'static {
     fn load(&self) -> StoreResult<Snapshot>;
 
     /// The password hash of an account, if the name is claimed.
-    fn password_hash(&self, name: &str) -> StoreResult<Option<String>>;
+    fn password_hash(&self, name: &str) -> Reply<Option<String>>;
 
     /// Claims a name; the answer (false: already claimed) comes once the
     /// account is durable.
@@ -164,16 +238,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> oneshot::Receiver<StoreResult<bool>>;
 
     /// A message `from` sent earlier with this `client_msg_id`, if stored.
-    fn find_sent(&self, from: &str, client_msg_id: &str) -> StoreResult<Option<Message>>;
+    fn find_sent(&self, from: &str, client_msg_id: &str) -> Reply<Option<Message>>;
 
     /// Up to `limit` messages of a conversation with id < `before` (all when
     /// `None`), oldest first.
-    fn history(
-        &self,
-        conversation: &str,
-        before: Option<u64>,
-        limit: usize,
-    ) -> StoreResult<Vec<Message>>;
+    fn history(&self, conversation: &str, before: Option<u64>, limit: usize)
+        -> Reply<Vec<Message>>;
 
     /// Queues the changes of one hub operation. Tickets increase by one per
     /// call; the hub numbers and submits under its log lock, so order is the

@@ -126,3 +126,29 @@ test('index.html has no inline script or inline event handler', () => {
   const inline = html.match(/<script(?![^>]*\bsrc=)[^>]*>|\son[a-z]+\s*=/gi) || [];
   assert.deepEqual(inline, []);
 });
+
+// The page runs under a Content-Security-Policy without 'unsafe-inline' or
+// 'unsafe-eval' (tests/browser/csp.test.js): the browser would refuse these.
+test('index.html has no inline style and no javascript: URL', () => {
+  const html = fs.readFileSync(path.join(PUBLIC, 'index.html'), 'utf8');
+  const inline = html.match(/<style\b[^>]*>|\sstyle\s*=|javascript:/gi) || [];
+  assert.deepEqual(inline, []);
+});
+
+test('no script compiles text into code (eval, Function, a string given to a timer)', () => {
+  const found = [];
+  for (const file of JS_FILES) {
+    const rel = path.relative(REPO, file);
+    const tokens = [...acorn.tokenizer(fs.readFileSync(file, 'utf8'), { ecmaVersion: 5, locations: true })];
+    tokens.forEach((token, i) => {
+      const name = token.type.label === 'name' ? token.value : null;
+      const timerWithText = (name === 'setTimeout' || name === 'setInterval') &&
+        tokens[i + 1] && tokens[i + 1].type.label === '(' &&
+        tokens[i + 2] && tokens[i + 2].type.label === 'string';
+      if (name === 'eval' || name === 'Function' || timerWithText) {
+        found.push(`${rel}:${token.loc.start.line}: ${name}`);
+      }
+    });
+  }
+  assert.deepEqual(found, []);
+});

@@ -107,20 +107,35 @@ async function launchBrowser() {
  * A person in their own browser context (own cookies and storage), on a page
  * where WebSocket, fetch and EventSource are gone before the page's script
  * runs: the client must manage with XMLHttpRequest, as on an old browser.
+ *
+ * What the page does wrong is collected: `errors` (uncaught exceptions),
+ * `violations` (anything the Content-Security-Policy refused, reported from
+ * the page's `securitypolicyviolation` event) and `consoleErrors` (which
+ * also include failed requests, expected in tests that break the network).
  */
 async function openPerson(browser, url, { viewport = { width: 1100, height: 720 } } = {}) {
   const context = await browser.newContext({ viewport });
   context.setDefaultTimeout(WAIT_MS);
+  const violations = [];
+  await context.exposeFunction('__parlorTestViolation', (v) => violations.push(v));
   await context.addInitScript(() => {
     delete window.WebSocket;
     delete window.fetch;
     delete window.EventSource;
+    document.addEventListener('securitypolicyviolation', (e) => {
+      window.__parlorTestViolation(`${e.effectiveDirective} refused ${e.blockedURI || '(inline)'}`
+        + ` at ${e.sourceFile || '?'}:${e.lineNumber}`);
+    });
   });
   const page = await context.newPage();
   const errors = [];
+  const consoleErrors = [];
   page.on('pageerror', (err) => errors.push(String(err && err.stack || err)));
-  await page.goto(`${url}/`);
-  return { context, page, errors };
+  page.on('console', (msg) => {
+    if (msg.type() === 'error') { consoleErrors.push(msg.text()); }
+  });
+  const response = await page.goto(`${url}/`);
+  return { context, page, errors, violations, consoleErrors, response };
 }
 
 async function login(page, name, password) {
@@ -222,9 +237,16 @@ async function world(browser, serverOptions) {
       for (const p of people) { await p.context.close().catch(() => {}); }
       await server.stop();
     },
-    /** No uncaught script error on any page. */
+    /** No uncaught script error and nothing refused by the CSP on any page. */
     assertNoPageErrors() {
-      for (const p of people) { assert.deepEqual(p.errors, [], 'uncaught errors in the page'); }
+      for (const p of people) {
+        assert.deepEqual(p.errors, [], 'uncaught errors in the page');
+        assert.deepEqual(p.violations, [], 'Content-Security-Policy violations');
+      }
+    },
+    /** Not even a console error (a failed request logs one) on any page. */
+    assertQuietConsole() {
+      for (const p of people) { assert.deepEqual(p.consoleErrors, [], 'console errors'); }
     },
   };
 }

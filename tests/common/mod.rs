@@ -2,6 +2,8 @@
 //! small HTTP client that speaks to it over real TCP connections.
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod nginx;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -177,6 +177,10 @@ fn apply(
                 &[&room.name, &members],
             )
         }
+        Change::RoomDeleted { name } => {
+            execute("DELETE FROM rooms WHERE name = ?1", &[name])?;
+            execute("DELETE FROM messages WHERE conversation = ?1", &[name])
+        }
         Change::DialogOpened { id, members } => execute(
             "INSERT OR REPLACE INTO dialogs (id, first, second) VALUES (?1, ?2, ?3)",
             &[id, &members[0], &members[1]],
@@ -212,7 +216,7 @@ fn apply(
         Change::ClientOpened { id, token, user } => {
             execute(
                 "INSERT OR REPLACE INTO clients (id, token, user) VALUES (?1, ?2, ?3)",
-                &[id, token, user],
+                &[id, &&token.as_bytes()[..], user],
             )?;
             bump_counter(transaction, "last_client_id", *id)
         }

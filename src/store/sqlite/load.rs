@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 
 use rusqlite::{Connection, OptionalExtension};
 
+use crate::auth::TokenHash;
 use crate::config::MAILBOX_CAPACITY;
 use crate::event::{EventBytes, Status};
 use crate::store::{Snapshot, StoreError, StoreResult, StoredMailbox, StoredRoom};
@@ -47,10 +48,15 @@ pub(super) fn load(reader: &Connection) -> StoreResult<Snapshot> {
         .prepare("SELECT id, token, user FROM clients ORDER BY id")
         .map_err(read)?;
     for row in clients
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .query_map([], |row| {
+            Ok((row.get(0)?, row.get::<_, Vec<u8>>(1)?, row.get(2)?))
+        })
         .map_err(read)?
     {
-        snapshot.clients.push(row.map_err(read)?);
+        let (id, token, user) = row.map_err(read)?;
+        let token = TokenHash::from_stored(&token)
+            .ok_or_else(|| StoreError(format!("client {id} has no readable token hash")))?;
+        snapshot.clients.push((id, token, user));
     }
 
     snapshot.mailboxes = mailboxes(reader)?;

@@ -14,8 +14,9 @@
 //! commits. `--sync full` fsyncs the WAL at every commit and survives a power
 //! cut too.
 //!
-//! Reads (history, logins, client_msg_id look-ups) use a second connection,
-//! which WAL lets read while the writer writes.
+//! Reads (history, logins, client_msg_id look-ups) run on the reader
+//! threads (`readers`), each with a connection of its own, which WAL lets
+//! read while the writer writes; a request awaits their `Reply`.
 //!
 //! The rest, none of which calls back into this file:
 //! - `schema`: the tables, versioned steps and `migrate`, run at open.
@@ -24,29 +25,32 @@
 //! - `apply`: the SQL of every write, run by `writer` only.
 //! - `faults`: what the writer knows of failures: a failing disk, the
 //!   writes it rejected or kept out as repeats, whether it still runs.
+//! - `readers`: the threads that run the reads.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 
 mod apply;
 mod faults;
 mod load;
+mod readers;
 mod schema;
 #[cfg(test)]
 mod tests;
 mod writer;
 
 use apply::{message_from_row, FIND_SENT};
+use readers::{open_reader, Readers};
 pub use schema::{migrate, SCHEMA_VERSION};
 use writer::{Job, Writer};
 
-use super::{Change, Snapshot, Store, StoreError, StoreResult};
-use crate::config::SyncMode;
+use super::{Change, Reply, Snapshot, Store, StoreError, StoreResult};
+use crate::config::{SyncMode, STORE_READER_THREADS};
 use crate::event::Message;
 
 /// The database file inside the data directory.
@@ -67,8 +71,8 @@ pub struct SqliteStore {
     path: PathBuf,
     /// The locked lock file; released when the store is dropped.
     _lock: std::fs::File,
-    /// The read connection (history, logins, `load`).
-    reader: Mutex<Connection>,
+    /// The threads that run the reads requests make.
+    readers: Readers,
     writer: Arc<Writer>,
     /// The writer thread, until shutdown joins it.
     writer_thread: Mutex<Option<JoinHandle<()>>>,
@@ -112,14 +116,7 @@ impl SqliteStore {
         let path = dir.join(DATABASE_FILE);
         let mut writer = open_writer(&path, options.sync)?;
         migrate(&mut writer, SCHEMA_VERSION)?;
-        let reader = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| StoreError::new(&format!("cannot open {} for reading", path.display()), e))?;
-        reader
-            .busy_timeout(Duration::from_secs(5))
-            .map_err(|e| StoreError::new("cannot configure the reader", e))?;
+        let readers = Readers::start(&path, STORE_READER_THREADS)?;
 
         let checkpointer = Connection::open(&path)
             .and_then(|connection| {
@@ -143,7 +140,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             path,
             _lock: lock,
-            reader: Mutex::new(reader),
+            readers,
             writer,
             writer_thread: Mutex::new(Some(writer_thread)),
         })
@@ -153,14 +150,22 @@ impl SqliteStore {
         &self.path
     }
 
-    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.reader
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// A read connection of its own, for reads outside requests (`load`,
+    /// tests).
+    fn reader(&self) -> StoreResult<Connection> {
+        open_reader(&self.path)
     }
 
-    /// Writes everything queued, then stops the writer thread.
+    /// Keeps every reader busy until the returned sender drops (tests only).
+    #[cfg(test)]
+    pub(crate) fn hold_readers(&self) -> std::sync::mpsc::Sender<()> {
+        self.readers.hold()
+    }
+
+    /// Writes everything queued, then stops the writer thread (and the
+    /// readers, once they have answered what queued).
     pub fn stop_writer(&self) {
+        self.readers.stop();
         self.writer.close();
         let thread = self
             .writer_thread
@@ -220,14 +225,17 @@ fn open_writer(path: &Path, sync: SyncMode) -> StoreResult<Connection> {
 
 impl Store for SqliteStore {
     fn load(&self) -> StoreResult<Snapshot> {
-        load::load(&self.reader())
+        load::load(&self.reader()?)
     }
 
-    fn password_hash(&self, name: &str) -> StoreResult<Option<String>> {
-        self.reader()
-            .prepare_cached("SELECT password_hash FROM accounts WHERE name = ?1")
-            .and_then(|mut statement| statement.query_row([name], |row| row.get(0)).optional())
-            .map_err(|e| StoreError::new("cannot read an account", e))
+    fn password_hash(&self, name: &str) -> Reply<Option<String>> {
+        let name = name.to_owned();
+        self.readers.run(move |reader| {
+            reader
+                .prepare_cached("SELECT password_hash FROM accounts WHERE name = ?1")
+                .and_then(|mut statement| statement.query_row([&name], |row| row.get(0)).optional())
+                .map_err(|e| StoreError::new("cannot read an account", e))
+        })
     }
 
     fn create_account(
@@ -247,27 +255,30 @@ impl Store for SqliteStore {
         answer
     }
 
-    fn find_sent(&self, from: &str, client_msg_id: &str) -> StoreResult<Option<Message>> {
+    fn find_sent(&self, from: &str, client_msg_id: &str) -> Reply<Option<Message>> {
         // Every new /send with a client_msg_id asks this, and nearly always
         // finds nothing. A connection drops its whole page cache whenever
         // another one has committed, so on the reader each look-up re-reads
         // its index pages (about 5 reads per send under load); the write
         // connection's cache is always current. Use it when it is free, the
         // reader while a commit or checkpoint holds it.
-        let find = |connection: &Connection| {
+        let (from, client_msg_id) = (from.to_owned(), client_msg_id.to_owned());
+        let find = move |connection: &Connection| {
             connection
                 .prepare_cached(FIND_SENT)
                 .and_then(|mut statement| {
                     statement
-                        .query_row([from, client_msg_id], message_from_row)
+                        .query_row([&from, &client_msg_id], message_from_row)
                         .optional()
                 })
                 .map_err(|e| StoreError::new("cannot look up a sent message", e))
         };
-        match self.writer.try_read(find) {
-            Some(found) => found,
-            None => find(&self.reader()),
-        }
+        let writer = self.writer.clone();
+        self.readers
+            .run(move |reader| match writer.try_read(&find) {
+                Some(found) => found,
+                None => find(reader),
+            })
     }
 
     fn history(
@@ -275,25 +286,27 @@ impl Store for SqliteStore {
         conversation: &str,
         before: Option<u64>,
         limit: usize,
-    ) -> StoreResult<Vec<Message>> {
+    ) -> Reply<Vec<Message>> {
+        let conversation = conversation.to_owned();
         let before = before.unwrap_or(i64::MAX as u64).min(i64::MAX as u64);
-        let mut messages = self
-            .reader()
-            .prepare_cached(
-                "SELECT id, conversation, sender, text, at, client_msg_id FROM messages
+        self.readers.run(move |reader| {
+            let mut messages = reader
+                .prepare_cached(
+                    "SELECT id, conversation, sender, text, at, client_msg_id FROM messages
                  WHERE conversation = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
-            )
-            .and_then(|mut statement| {
-                statement
-                    .query_map(
-                        params![conversation, before, limit as u64],
-                        message_from_row,
-                    )?
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .map_err(|e| StoreError::new("cannot read history", e))?;
-        messages.reverse();
-        Ok(messages)
+                )
+                .and_then(|mut statement| {
+                    statement
+                        .query_map(
+                            params![&conversation, before, limit as u64],
+                            message_from_row,
+                        )?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(|e| StoreError::new("cannot read history", e))?;
+            messages.reverse();
+            Ok(messages)
+        })
     }
 
     fn submit(&self, ticket: u64, changes: Vec<Change>) {

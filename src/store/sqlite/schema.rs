@@ -6,8 +6,10 @@
 //! database at the last complete version. A database from a newer parlor is
 //! refused untouched: this build cannot know what its extra steps mean.
 
+use rusqlite::functions::FunctionFlags;
 use rusqlite::Connection;
 
+use crate::auth::TokenHash;
 use crate::store::{StoreError, StoreResult};
 
 /// Schema steps; `user_version` is how many have been applied.
@@ -87,7 +89,11 @@ const MIGRATIONS: &[&str] = &[
     // 4: presence copies are not stored as deliveries (after N joins they
     // would be N² rows); the mailbox records the head they reached instead.
     "ALTER TABLE mailboxes ADD COLUMN head INTEGER NOT NULL DEFAULT 0;",
-    // 5: history retention finds old messages through an index, a bounded
+    // 5: clients' tokens are kept as their SHA-256 (a 32-byte blob), so the
+    // database holds no usable token; clients keep theirs, and the hub
+    // hashes what they present.
+    "UPDATE clients SET token = parlor_token_hash(token) WHERE typeof(token) = 'text';",
+    // 6: history retention finds old messages through an index, a bounded
     // batch at a time, rather than scan every message holding the writer.
     "CREATE INDEX IF NOT EXISTS messages_by_at ON messages (at);",
 ];
@@ -106,6 +112,15 @@ pub fn migrate(connection: &mut Connection, target: u32) -> StoreResult<()> {
              run a newer parlor or restore a backup (the database was left untouched)"
         )));
     }
+    register_token_hash(connection)?;
+    // The raw tokens a step replaces must not linger in freed space of the
+    // file: secure_delete zeroes what the migration frees.
+    let secure_delete: i64 = connection
+        .query_row("PRAGMA secure_delete", [], |row| row.get(0))
+        .map_err(|e| StoreError::new("cannot read the secure_delete setting", e))?;
+    connection
+        .execute_batch("PRAGMA secure_delete = ON")
+        .map_err(|e| StoreError::new("cannot set secure_delete", e))?;
     for version in current..target {
         let step = MIGRATIONS[version as usize];
         let transaction = connection
@@ -125,5 +140,29 @@ pub fn migrate(connection: &mut Connection, target: u32) -> StoreResult<()> {
             })?;
         tracing::info!(version = version + 1, "database schema migrated");
     }
-    Ok(())
+    // The setting reads back as 0, 1 or 2, but only `FAST` sets the last.
+    let secure_delete = if secure_delete == 2 {
+        "FAST".to_owned()
+    } else {
+        secure_delete.to_string()
+    };
+    connection
+        .execute_batch(&format!("PRAGMA secure_delete = {secure_delete}"))
+        .map_err(|e| StoreError::new("cannot restore secure_delete", e))
+}
+
+/// `parlor_token_hash(token)`: the SHA-256 the hub keys a client by (see
+/// `auth::TokenHash`), for the step that hashes stored tokens.
+fn register_token_hash(connection: &Connection) -> StoreResult<()> {
+    connection
+        .create_scalar_function(
+            "parlor_token_hash",
+            1,
+            FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+            |context| {
+                let token: String = context.get(0)?;
+                Ok(TokenHash::of(&token).as_bytes().to_vec())
+            },
+        )
+        .map_err(|e| StoreError::new("cannot prepare the migrations", e))
 }

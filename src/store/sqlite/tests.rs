@@ -9,6 +9,7 @@ use rusqlite::{params, Connection};
 use super::apply::unix_millis;
 use super::writer::DELIVERIES_PER_DELETE;
 use super::{SqliteOptions, SqliteStore, DATABASE_FILE};
+use crate::auth::TokenHash;
 use crate::config::SyncMode;
 use crate::event::{EventBytes, Message, Status};
 use crate::store::{Change, Store};
@@ -46,6 +47,7 @@ fn event(kind: &str) -> EventBytes {
 fn stored_delivery_ids(store: &SqliteStore) -> Vec<u64> {
     store
         .reader()
+        .unwrap()
         .prepare("SELECT id FROM deliveries ORDER BY id")
         .unwrap()
         .query_map([], |row| row.get(0))
@@ -77,7 +79,7 @@ fn what_is_submitted_is_there_after_reopening() {
             vec![
                 Change::ClientOpened {
                     id: 7,
-                    token: "t7".into(),
+                    token: TokenHash::of("t7"),
                     user: "ann".into(),
                 },
                 Change::MailboxOpened {
@@ -132,7 +134,7 @@ fn what_is_submitted_is_there_after_reopening() {
     let snapshot = store.load().unwrap();
     assert_eq!(
         snapshot.clients,
-        vec![(7, "t7".to_owned(), "ann".to_owned())]
+        vec![(7, TokenHash::of("t7"), "ann".to_owned())]
     );
     let mut mailboxes = snapshot.mailboxes.clone();
     mailboxes.sort_by(|a, b| a.user.cmp(&b.user));
@@ -185,8 +187,11 @@ fn what_is_submitted_is_there_after_reopening() {
         ),
         (3, 7, 2)
     );
-    assert_eq!(store.find_sent("ann", "c2").unwrap().unwrap().text, "two");
-    let history = store.history("lobby", None, 10).unwrap();
+    assert_eq!(
+        store.find_sent("ann", "c2").wait().unwrap().unwrap().text,
+        "two"
+    );
+    let history = store.history("lobby", None, 10).wait().unwrap();
     assert_eq!(history.iter().map(|m| m.id).collect::<Vec<_>>(), [1, 2]);
 }
 
@@ -252,6 +257,7 @@ fn a_waiter_commits_its_own_send_before_commit_through_returns() {
     let store = SqliteStore::open(&dir, options()).unwrap();
     let texts: Vec<String> = store
         .history("lobby", None, 10)
+        .wait()
         .unwrap()
         .into_iter()
         .map(|message| message.text)
@@ -271,7 +277,7 @@ fn changes_whose_waiter_never_commits_are_still_written() {
         store.submit_for_waiter(2, vec![message(2, "two")]);
         store.commit_through(2);
         wait_durable(&store, 2);
-        assert_eq!(store.history("lobby", None, 10).unwrap().len(), 2);
+        assert_eq!(store.history("lobby", None, 10).wait().unwrap().len(), 2);
     }
 }
 
@@ -279,10 +285,10 @@ fn changes_whose_waiter_never_commits_are_still_written() {
 fn a_sent_message_is_found_by_client_msg_id_once_durable_whoever_holds_the_writer() {
     let dir = tempdir("find-sent");
     let store = SqliteStore::open(&dir, options()).unwrap();
-    assert_eq!(store.find_sent("ann", "c1").unwrap(), None);
+    assert_eq!(store.find_sent("ann", "c1").wait().unwrap(), None);
     store.submit_for_waiter(1, vec![message(1, "one")]);
     store.commit_through(1);
-    let found = store.find_sent("ann", "c1").unwrap().map(|m| m.text);
+    let found = store.find_sent("ann", "c1").wait().unwrap().map(|m| m.text);
     assert_eq!(
         found.as_deref(),
         Some("one"),
@@ -292,7 +298,7 @@ fn a_sent_message_is_found_by_client_msg_id_once_durable_whoever_holds_the_write
     // reader answers, and sees the same.
     let found_meanwhile = store
         .writer
-        .try_read(|_| store.find_sent("ann", "c1"))
+        .try_read(|_| store.find_sent("ann", "c1").wait())
         .expect("nobody else holds the write connection")
         .unwrap()
         .map(|m| m.text);
@@ -302,7 +308,7 @@ fn a_sent_message_is_found_by_client_msg_id_once_durable_whoever_holds_the_write
         "read on the reader"
     );
     assert_eq!(
-        store.find_sent("bob", "c1").unwrap(),
+        store.find_sent("bob", "c1").wait().unwrap(),
         None,
         "ids are per sender"
     );
@@ -366,6 +372,7 @@ fn message_with_id(id: u64, text: &str, client_msg_id: &str) -> Change {
 fn history_texts(store: &SqliteStore) -> Vec<String> {
     store
         .history("lobby", None, 100)
+        .wait()
         .unwrap()
         .into_iter()
         .map(|message| message.text)
@@ -389,7 +396,7 @@ fn a_duplicate_client_msg_id_resolves_to_the_first_message_and_blocks_nothing() 
         .expect("the retry resolves to the first");
     assert_eq!((first.id, first.text.as_str()), (1, "first"));
     assert_eq!(
-        store.find_sent("ann", "same").unwrap().map(|m| m.id),
+        store.find_sent("ann", "same").wait().unwrap().map(|m| m.id),
         Some(1)
     );
 }
@@ -442,6 +449,7 @@ fn retention_prunes_old_messages_through_an_index_on_at() {
     let store = SqliteStore::open(&dir, options()).unwrap();
     let plan: Vec<String> = store
         .reader()
+        .unwrap()
         .prepare(&format!(
             "EXPLAIN QUERY PLAN {}",
             super::apply::PRUNE_HISTORY
@@ -512,6 +520,7 @@ fn a_database_of_the_previous_schema_gains_the_index_on_at() {
     let store = SqliteStore::open(&dir, options()).unwrap();
     let indexes: Vec<String> = store
         .reader()
+        .unwrap()
         .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'messages'")
         .unwrap()
         .query_map([], |row| row.get(0))
@@ -521,5 +530,89 @@ fn a_database_of_the_previous_schema_gains_the_index_on_at() {
     assert!(
         indexes.iter().any(|name| name == "messages_by_at"),
         "{indexes:?}"
+    );
+}
+
+/// The reads requests make wait for the database off the async workers:
+/// with every reader busy (as under /history loops on a cold cache), a
+/// runtime of one thread still parks a poll and wakes it with a send while
+/// a /history, a login and a `client_msg_id` look-up wait their turn. Were
+/// a read run on the runtime's thread, nothing would be answered at all.
+#[test]
+fn reads_waiting_for_the_database_do_not_stop_the_runtime() {
+    use crate::hub::{Hub, HubConfig};
+    use std::sync::Arc;
+
+    let dir = tempdir("reads-off-runtime");
+    let store = Arc::new(SqliteStore::open(&dir, options()).unwrap());
+    let config = HubConfig {
+        poll_timeout: Duration::from_secs(30),
+        inactivity_timeout: Duration::from_secs(60),
+        argon2_memory_kib: 8,
+        argon2_iterations: 1,
+    };
+    let hub = Hub::new(store.clone(), config).unwrap();
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (ann, bob) = runtime().block_on(async {
+        let ann = hub.join("ann", "pw").await.unwrap();
+        let bob = hub.join("bob", "pw").await.unwrap();
+        (ann.token.unwrap(), (bob.token.unwrap(), bob.cursor))
+    });
+
+    let held = store.hold_readers();
+    let (polled, poll_answer) = std::sync::mpsc::channel();
+    let (finished, stalled_answers) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let answers = runtime().block_on(async move {
+            let stalled = {
+                let (hub, ann) = (hub.clone(), ann.clone());
+                tokio::spawn(async move {
+                    let history = hub.history(&ann, "lobby", None, None).await;
+                    let login = hub.join("ann", "pw").await;
+                    let retry = hub.send(&ann, "lobby", "once", Some("id-1")).await;
+                    (history.is_ok(), login.is_ok(), retry.is_ok())
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let (bob_token, mut cursor) = bob;
+            let poll = {
+                let hub = hub.clone();
+                tokio::spawn(async move {
+                    // Presence changes may come first; read on to the message.
+                    loop {
+                        let body = hub.poll(&bob_token, cursor, None).await.unwrap();
+                        let body = String::from_utf8_lossy(&body).into_owned();
+                        if body.contains("still answered") {
+                            return body;
+                        }
+                        let read: serde_json::Value = serde_json::from_str(&body).unwrap();
+                        cursor = read["cursor"].as_u64().unwrap();
+                    }
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            hub.send(&ann, "lobby", "still answered", None)
+                .await
+                .unwrap();
+            let body = poll.await.unwrap();
+            let _ = polled.send(body);
+            stalled.await.unwrap()
+        });
+        let _ = finished.send(answers);
+    });
+    let answered = poll_answer.recv_timeout(Duration::from_secs(20));
+    drop(held);
+    assert!(answered
+        .expect("the poll was answered while the readers were busy")
+        .contains("still answered"));
+    assert_eq!(
+        stalled_answers.recv_timeout(Duration::from_secs(20)),
+        Ok((true, true, true)),
+        "the waiting reads are answered once the readers are free"
     );
 }

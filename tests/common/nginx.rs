@@ -1,0 +1,114 @@
+//! A real nginx (Debian's package) in front of a test server: started on a
+//! free port with its own prefix directory and parlor's shipped proxy
+//! settings (`contrib/nginx/parlor-proxy.conf`), stopped on drop.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Nginx {
+    pub addr: SocketAddr,
+    process: Child,
+    dir: PathBuf,
+}
+
+/// The nginx binary: `PARLOR_NGINX`, else Debian's path.
+fn binary() -> PathBuf {
+    std::env::var_os("PARLOR_NGINX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("bound address").port()
+}
+
+impl Nginx {
+    /// nginx on 127.0.0.1, proxying everything to `upstream`.
+    pub fn start(upstream: SocketAddr) -> Nginx {
+        let nginx = binary();
+        assert!(
+            nginx.exists(),
+            "{} is missing: install Debian's nginx (scripts/test.sh does)",
+            nginx.display()
+        );
+        let dir = std::env::temp_dir().join(format!(
+            "parlor-nginx-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("nginx prefix directory");
+        let port = free_port();
+        let proxy_conf =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/nginx/parlor-proxy.conf");
+        let conf = format!(
+            "daemon off;\n\
+             master_process off;\n\
+             worker_processes 1;\n\
+             pid {dir}/nginx.pid;\n\
+             error_log {dir}/error.log warn;\n\
+             events {{ worker_connections 512; }}\n\
+             http {{\n\
+               access_log off;\n\
+               client_body_temp_path {dir}/body;\n\
+               proxy_temp_path {dir}/proxy;\n\
+               fastcgi_temp_path {dir}/fastcgi;\n\
+               uwsgi_temp_path {dir}/uwsgi;\n\
+               scgi_temp_path {dir}/scgi;\n\
+               upstream parlor {{ server {upstream}; keepalive 16; }}\n\
+               server {{\n\
+                 listen 127.0.0.1:{port};\n\
+                 location / {{\n\
+                   proxy_pass http://parlor;\n\
+                   include {proxy_conf};\n\
+                 }}\n\
+               }}\n\
+             }}\n",
+            dir = dir.display(),
+            proxy_conf = proxy_conf.display(),
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).expect("write nginx.conf");
+        let process = Command::new(&nginx)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start nginx");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("an address");
+        let mut nginx = Nginx { addr, process, dir };
+        nginx.wait_until_listening();
+        nginx
+    }
+
+    fn wait_until_listening(&mut self) {
+        let started = Instant::now();
+        while std::net::TcpStream::connect(self.addr).is_err() {
+            if let Ok(Some(status)) = self.process.try_wait() {
+                let log = std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default();
+                panic!("nginx exited with {status}: {log}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "nginx did not listen on {} within 20 s",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
