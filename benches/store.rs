@@ -7,12 +7,19 @@
 //! - `startup`: `Server::open` on a database holding 1 000 000 messages and
 //!   10 000 users (1 000 of them online with full mailboxes).
 //!
-//! Run: `cargo bench --bench store` (the database for `startup` is built
-//! once, in target/, and reused).
+//! - `send_while_pruning`: /send latency (p50, p99, max; printed, as
+//!   criterion does not report percentiles) from 4 concurrent senders while
+//!   `--history-retention` prunes 1 000 000 expired messages at start,
+//!   against the same sends on the same database without retention. Pruning
+//!   goes in bounded batches and commits between them, so p99 should stay
+//!   within a few milliseconds of the baseline.
+//!
+//! Run: `cargo bench --bench store` (the databases for `startup` and
+//! `send_while_pruning` are built once, in target/, and reused).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use http_body_util::{BodyExt, Full};
@@ -185,13 +192,13 @@ fn send_throughput(c: &mut Criterion) {
     group.finish();
 }
 
-/// Builds (once) a database with 1M messages and 10k users, 1k of them
-/// online with full mailboxes, through the same SQL the server uses.
-fn large_database() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("startup-1m-v3");
-    let marker = dir.join("complete");
-    if marker.exists() {
-        return dir;
+/// A database built once in target/ and reused: Err(its directory) when it
+/// is complete already; else Ok with the directory and a connection to an
+/// empty database at the current schema, to fill and mark "complete".
+fn build_once(name: &str) -> Result<(PathBuf, rusqlite::Connection), PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    if dir.join("complete").exists() {
+        return Err(dir);
     }
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -199,6 +206,16 @@ fn large_database() -> PathBuf {
     db.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF;")
         .unwrap();
     parlor::store::sqlite::migrate(&mut db, parlor::store::sqlite::SCHEMA_VERSION).unwrap();
+    Ok((dir, db))
+}
+
+/// Builds (once) a database with 1M messages and 10k users, 1k of them
+/// online with full mailboxes, through the same SQL the server uses.
+fn large_database() -> PathBuf {
+    let (dir, mut db) = match build_once("startup-1m-v3") {
+        Ok(building) => building,
+        Err(built) => return built,
+    };
     let tx = db.transaction().unwrap();
     {
         let mut account = tx.prepare("INSERT INTO accounts VALUES (?1, '$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA', 0)").unwrap();
@@ -264,7 +281,7 @@ fn large_database() -> PathBuf {
         .unwrap();
     }
     tx.commit().unwrap();
-    std::fs::write(marker, b"").unwrap();
+    std::fs::write(dir.join("complete"), b"").unwrap();
     dir
 }
 
@@ -289,5 +306,137 @@ fn startup(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, send_throughput, startup);
+/// Builds (once) a database holding 1M messages sent in January 1970: all
+/// past any retention.
+fn expired_history() -> PathBuf {
+    let name = format!("expired-1m-v{}", parlor::store::sqlite::SCHEMA_VERSION);
+    let (dir, mut db) = match build_once(&name) {
+        Ok(building) => building,
+        Err(built) => return built,
+    };
+    let tx = db.transaction().unwrap();
+    {
+        let mut message = tx
+            .prepare("INSERT INTO messages VALUES (?1, 'lobby', ?2, ?3, ?1, NULL)")
+            .unwrap();
+        for id in 1..=1_000_000u64 {
+            let text = "a typical chat line of about sixty-four bytes, give or take a few";
+            message
+                .execute((id, format!("old{}", id % 1_000), text))
+                .unwrap();
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO counters VALUES ('last_message_id', 1000000)",
+            [],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
+    std::fs::write(dir.join("complete"), b"").unwrap();
+    dir
+}
+
+/// Whether any message of January 1970 is left.
+fn expired_left(database: &Path) -> bool {
+    let db = rusqlite::Connection::open(database).unwrap();
+    db.query_row(
+        "SELECT EXISTS (SELECT 1 FROM messages WHERE at <= 1000000)",
+        [],
+        |row| row.get(0),
+    )
+    .unwrap()
+}
+
+/// Sends from 4 concurrent senders, `rounds` each, or (`rounds` None)
+/// until the expired history is gone; every send's latency.
+fn send_latencies(
+    client: &Runtime,
+    addr: std::net::SocketAddr,
+    database: &Path,
+    rounds: Option<usize>,
+) -> Vec<Duration> {
+    const CONCURRENT: usize = 4;
+    client.block_on(async {
+        let mut tasks = Vec::new();
+        for n in 0..CONCURRENT {
+            let database = database.to_owned();
+            tasks.push(tokio::spawn(async move {
+                let mut connection = connect(addr).await;
+                let joined = post(&mut connection, "/join", format!("name=p{n}&password=pw")).await;
+                let token = joined["token"].as_str().unwrap().to_owned();
+                let mut latencies = Vec::new();
+                for round in 0.. {
+                    if rounds.is_some_and(|rounds| round >= rounds)
+                        || (rounds.is_none()
+                            && round > 0
+                            && round % 100 == 0
+                            && !expired_left(&database))
+                    {
+                        break;
+                    }
+                    let started = Instant::now();
+                    let body = format!("token={token}&conversation=lobby&text=during-{round}");
+                    post(&mut connection, "/send", body).await;
+                    latencies.push(started.elapsed());
+                }
+                latencies
+            }));
+        }
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.unwrap());
+        }
+        all
+    })
+}
+
+fn send_while_pruning(_: &mut Criterion) {
+    // Measured by hand rather than through criterion (which would rerun
+    // it for each sample), so criterion's name filter is honoured here.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    if !filters.is_empty()
+        && !filters
+            .iter()
+            .any(|filter| "send_while_pruning".contains(filter.as_str()))
+    {
+        return;
+    }
+    let source = expired_history();
+    let client = Runtime::new().unwrap();
+    let mut rounds = None;
+    for (label, retention) in [
+        ("pruning_1m", Some(Duration::from_secs(86_400))),
+        ("no_pruning", None),
+    ] {
+        let dir = bench_dir(&format!("prune-{label}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(source.join("parlor.db"), dir.join("parlor.db")).unwrap();
+        let mut config = config(Some(&dir), SyncMode::Normal);
+        config.history_retention = retention;
+        let started = Instant::now();
+        let server = start(config);
+        let mut latencies = send_latencies(&client, server.addr, &dir.join("parlor.db"), rounds);
+        let elapsed = started.elapsed();
+        // The baseline sends as many as were sent while pruning.
+        rounds = Some(latencies.len() / 4);
+        latencies.sort_unstable();
+        let at = |fraction: f64| latencies[((latencies.len() - 1) as f64 * fraction) as usize];
+        println!(
+            "send_while_pruning/{label}: {} sends in {elapsed:.1?}: p50 {:?}, p99 {:?}, max {:?}",
+            latencies.len(),
+            at(0.5),
+            at(0.99),
+            at(1.0),
+        );
+        drop(server);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+criterion_group!(benches, send_throughput, startup, send_while_pruning);
 criterion_main!(benches);

@@ -107,6 +107,18 @@ pub const ROOMS_PER_HOUR: u32 = 20;
 /// a key whose bucket refilled is forgotten first (see `limits`).
 pub const MAX_RATE_KEYS: usize = 65_536;
 
+/// Changes queued for the SQLite writer beyond which requests that change
+/// state are refused at once (503 `store_unavailable`) instead of queuing
+/// behind a stalled disk without limit. Commits drain thousands a second,
+/// so only a stall ever fills it.
+pub const STORE_QUEUE_MAX: usize = 16_384;
+/// /healthz answers 503 `store_stalled` once the oldest uncommitted change
+/// has waited this long (commits normally take milliseconds).
+pub const STORE_STALL_AFTER: Duration = Duration::from_secs(5);
+/// Messages deleted per statement by history retention, so that sends
+/// commit between batches rather than wait for the whole pruning.
+pub const PRUNE_BATCH_ROWS: usize = 500;
+
 /// How hard each commit is pushed to disk (`--sync`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SyncMode {

@@ -169,7 +169,7 @@ impl From<Refusal> for ApiError {
             Refusal::NotStored => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_stored",
-                "the message could not be stored in time; retry with the same client_msg_id",
+                "the change could not be stored in time; retry (a /send with the same client_msg_id)",
             ),
             Refusal::RateLimited { limited, wait } => {
                 ApiError::too_many("rate_limited", limited_message(limited)).retry_after(wait)

@@ -39,17 +39,21 @@ pub async fn history(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
     Ok(json(&json!({ "messages": messages })))
 }
 
-pub fn dialog(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
-    let conversation = hub.dialog(params.token()?, params.str("with")?)?;
+pub async fn dialog(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
+    let (token, with) = (params.token()?, params.str("with")?);
+    let conversation = hub.durably(|hub| hub.dialog(token, with)).await?;
     Ok(json(&json!({ "conversation": conversation })))
 }
 
-pub fn join_room(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
-    let conversation = hub.join_room(params.token()?, params.str("name")?)?;
+pub async fn join_room(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
+    let (token, name) = (params.token()?, params.str("name")?);
+    let conversation = hub.durably(|hub| hub.join_room(token, name)).await?;
     Ok(json(&json!({ "conversation": conversation })))
 }
 
-pub fn leave_room(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
-    hub.leave_room(params.token()?, params.str("conversation")?)?;
+pub async fn leave_room(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
+    let (token, conversation) = (params.token()?, params.str("conversation")?);
+    hub.durably(|hub| hub.leave_room(token, conversation))
+        .await?;
     Ok(json(&json!({})))
 }

@@ -11,7 +11,7 @@ use crate::http::request::Params;
 use crate::http::response::{json, Body};
 use crate::http::App;
 
-pub fn publish(app: &App, params: Params) -> ApiResult<Response<Body>> {
+pub async fn publish(app: &App, params: Params) -> ApiResult<Response<Body>> {
     let Some(admin_token) = app.admin_token.as_deref() else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -55,7 +55,8 @@ pub fn publish(app: &App, params: Params) -> ApiResult<Response<Body>> {
     let data = params
         .value("data")
         .ok_or_else(|| ApiError::missing_param("data"))?;
-    Ok(json(&app.hub.publish(&users, data)))
+    let report = app.hub.durably(|hub| Ok(hub.publish(&users, data))).await?;
+    Ok(json(&report))
 }
 
 /// Compares secrets in time that does not depend on where they first

@@ -80,13 +80,13 @@ pub async fn poll(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
     Ok(json_bytes(StatusCode::OK, body))
 }
 
-pub fn set_status(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
+pub async fn set_status(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
     let token = params.token()?;
     let text = params.str("status")?;
     let status = Status::settable(text).ok_or_else(|| {
         ApiError::bad_request("invalid_status", "status must be online, busy or away")
     })?;
-    hub.set_status(token, status)?;
+    hub.durably(|hub| hub.set_status(token, status)).await?;
     Ok(json(&json!({ "status": status })))
 }
 
@@ -99,7 +99,9 @@ pub fn users(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
     Ok(json_bytes(StatusCode::OK, body))
 }
 
-pub fn leave(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
-    hub.leave(params.token()?)?;
+pub async fn leave(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
+    let token = params.token()?;
+    // A left token must not come back after a crash.
+    hub.durably(|hub| hub.leave(token)).await?;
     Ok(json(&json!({})))
 }

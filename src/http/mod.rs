@@ -209,7 +209,7 @@ async fn route(
     }
     let hub = &app.hub;
     match found.endpoint {
-        Endpoint::Healthz => Ok(api::health::healthz()),
+        Endpoint::Healthz => api::health::healthz(hub),
         Endpoint::Join => {
             // Only /join limits by address, so only it reads the headers.
             let client = client_addr::client_ip(peer, request.headers(), &app.trusted_proxies);
@@ -217,15 +217,19 @@ async fn route(
         }
         Endpoint::Sync => api::session::sync(hub, Params::read(request).await?),
         Endpoint::Poll => api::session::poll(hub, Params::read(request).await?).await,
-        Endpoint::Leave => api::session::leave(hub, Params::read(request).await?),
-        Endpoint::Status => api::session::set_status(hub, Params::read(request).await?),
+        Endpoint::Leave => api::session::leave(hub, Params::read(request).await?).await,
+        Endpoint::Status => api::session::set_status(hub, Params::read(request).await?).await,
         Endpoint::Users => api::session::users(hub, Params::read(request).await?),
         Endpoint::Send => api::conversations::send(hub, Params::read(request).await?).await,
         Endpoint::History => api::conversations::history(hub, Params::read(request).await?).await,
-        Endpoint::Dialog => api::conversations::dialog(hub, Params::read(request).await?),
-        Endpoint::RoomsJoin => api::conversations::join_room(hub, Params::read(request).await?),
-        Endpoint::RoomsLeave => api::conversations::leave_room(hub, Params::read(request).await?),
-        Endpoint::Publish => api::publish::publish(app, Params::read(request).await?),
+        Endpoint::Dialog => api::conversations::dialog(hub, Params::read(request).await?).await,
+        Endpoint::RoomsJoin => {
+            api::conversations::join_room(hub, Params::read(request).await?).await
+        }
+        Endpoint::RoomsLeave => {
+            api::conversations::leave_room(hub, Params::read(request).await?).await
+        }
+        Endpoint::Publish => api::publish::publish(app, Params::read(request).await?).await,
     }
 }
 

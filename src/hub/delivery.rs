@@ -38,7 +38,13 @@
 //!
 //! Outside every lock:
 //! - `Hub::wait_durable(ticket)`: until the ticket is durable (committing
-//!   on the caller's thread where the store can), or `Refusal::NotStored`.
+//!   on the caller's thread where the store can), or `Refusal::NotStored`
+//!   (also when the store rejected the ticket's changes).
+//! - `Hub::durably(operation)`: runs a synchronous operation that changes
+//!   state and answers once it is durable (the API's /dialog, /rooms/*,
+//!   /status, /leave, /api/publish); `Hub::require_store_room`, which
+//!   refuses at once while the store's queue is beyond its bound, is its
+//!   first step and that of /send and /join.
 //! - `Hub::advance_durable(ticket)` / `Hub::run_visibility`: make events up
 //!   to a durable ticket visible and wake their readers.
 //! - `Shared::durable_through()`: polls read the events whose ticket is at
@@ -65,7 +71,7 @@ use crate::store::{Change, Store};
 /// How long a /join or /send waits for its changes to become durable before
 /// giving up with `NotStored` (the client retries; a /send with the same
 /// `client_msg_id`).
-const SEND_DURABILITY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const SEND_DURABILITY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Mailbox trims are written to the store once the start moved this far.
 const TRIM_WRITE_STEP: u64 = 256;
 
@@ -371,13 +377,44 @@ impl Hub {
         // hub) and a poll (hub, then watch) deadlock once the store writer
         // queues for the watch's write lock.
         let reached = matches!(waiting.await, Ok(Ok(_)));
-        if !reached {
+        if !reached || self.shared.store.rejected(ticket) {
             return Err(Refusal::NotStored);
         }
         // Wake the operation's readers from here, rather than one task hop
         // later from `run_visibility`.
         self.advance_durable(self.shared.durable_through());
         Ok(())
+    }
+
+    /// Runs an operation that changes state (`dialog`, `join_room`,
+    /// `set_status`, `leave`, `publish`...) and answers once what it did,
+    /// and everything submitted before, is durable, so that an answer of
+    /// success is never taken back by a crash. Refused at once while the
+    /// store's queue is beyond its bound; `NotStored` when the store does
+    /// not commit in time. With the in-memory store there is nothing to
+    /// wait for.
+    pub async fn durably<T>(&self, operation: impl FnOnce(&Hub) -> HubResult<T>) -> HubResult<T> {
+        self.require_store_room()?;
+        let answer = operation(self)?;
+        self.wait_durable(self.shared.last_ticket()).await?;
+        Ok(answer)
+    }
+
+    /// Refuses at once (`StoreUnavailable`) while the store's queue is
+    /// beyond its bound: called before an operation that will wait for
+    /// durability changes anything, so that a stalled disk turns requests
+    /// away instead of queuing them without limit.
+    pub(super) fn require_store_room(&self) -> HubResult<()> {
+        if self.shared.store.has_room() {
+            Ok(())
+        } else {
+            Err(Refusal::StoreUnavailable)
+        }
+    }
+
+    /// Ok while the store commits; otherwise why not (for /healthz).
+    pub fn store_health(&self) -> Result<(), String> {
+        self.shared.store.health()
     }
 
     /// Makes events up to `ticket` visible and wakes their readers.

@@ -326,6 +326,7 @@ mod tests {
 
     use crate::auth::TokenHash;
     use crate::hub::{Hub, HubConfig};
+    use crate::limits::Limits;
     use crate::store::memory::MemoryStore;
 
     fn hub() -> Hub {
@@ -335,7 +336,13 @@ mod tests {
             argon2_memory_kib: 8,
             argon2_iterations: 1,
         };
-        Hub::new(Arc::new(MemoryStore::new()), config).expect("an empty store loads")
+        // It joins users until some land in the right shards: no sign-up limit.
+        let limits = Limits {
+            signups_per_ip: None,
+            ..Limits::default()
+        };
+        Hub::with_limits(Arc::new(MemoryStore::new()), config, limits)
+            .expect("an empty store loads")
     }
 
     /// Runs `work` on a thread of its own; its result if it finishes within

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::clients::Wake;
-use super::delivery::Committer;
+use super::delivery::{Committer, SEND_DURABILITY_TIMEOUT};
 use super::locks::{ClientRef, Exclusive, Locked, OnlineUser};
 use super::mailbox::Mailbox;
 use super::online::OnlineSnapshot;
@@ -58,6 +58,7 @@ impl Hub {
         if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
             return Err(Refusal::InvalidPassword);
         }
+        self.require_store_room()?;
         self.check_password(name, password, from).await?;
 
         let now = Instant::now();
@@ -98,9 +99,15 @@ impl Hub {
             None => {
                 rates.signup(name, from)?;
                 let hash = hasher.hash(password).await.map_err(busy)?;
-                let created = store.create_account(name, &hash).await.map_err(|_| {
-                    StoreError("the store stopped while creating an account".into())
-                })??;
+                // Bounded like any wait for the store: a full disk answers
+                // 503, not a hang.
+                let claim = store.create_account(name, &hash);
+                let created = tokio::time::timeout(SEND_DURABILITY_TIMEOUT, claim)
+                    .await
+                    .map_err(|_| Refusal::NotStored)?
+                    .map_err(|_| {
+                        StoreError("the store stopped while creating an account".into())
+                    })??;
                 if created {
                     return Ok(());
                 }

@@ -272,4 +272,31 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes whatever is queued and stops; called once at shutdown.
     fn close(&self) {}
+
+    /// Whether the changes submitted under `ticket` were refused by the
+    /// store (a write that fails for a reason no retry cures) rather than
+    /// written, though `durable` has passed it: nothing waits on them.
+    fn rejected(&self, _ticket: u64) -> bool {
+        false
+    }
+
+    /// When `message` turned out at commit to repeat the `(sender,
+    /// client_msg_id)` of a message stored before (a retry the hub could
+    /// not recognise), that first message: the retry's answer.
+    fn stored_first(&self, _message: &Message) -> Option<Message> {
+        None
+    }
+
+    /// Whether a waiting request may submit now: false while the store's
+    /// queue is beyond its bound, so that requests are refused at once
+    /// rather than queued without limit behind a stalled disk.
+    fn has_room(&self) -> bool {
+        true
+    }
+
+    /// Ok while commits keep up; otherwise why not (the writer stopped, or
+    /// the oldest uncommitted change waits longer than a bound).
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }

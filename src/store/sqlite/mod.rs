@@ -23,6 +23,8 @@
 //! - `load`: the `Snapshot` read once at start.
 //! - `writer`: the queue, who commits, checkpoints and housekeeping.
 //! - `apply`: the SQL of every write, run by `writer` only.
+//! - `faults`: what the writer knows of failures: a failing disk, the
+//!   writes it rejected or kept out as repeats, whether it still runs.
 //! - `readers`: the threads that run the reads.
 
 use std::path::{Path, PathBuf};
@@ -34,6 +36,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 
 mod apply;
+mod faults;
 mod load;
 mod readers;
 mod schema;
@@ -41,6 +44,7 @@ mod schema;
 mod tests;
 mod writer;
 
+use apply::{message_from_row, FIND_SENT};
 use readers::{open_reader, Readers};
 pub use schema::{migrate, SCHEMA_VERSION};
 use writer::{Job, Writer};
@@ -131,7 +135,7 @@ impl SqliteStore {
         let thread_writer = writer.clone();
         let writer_thread = std::thread::Builder::new()
             .name("parlor-store-writer".into())
-            .spawn(move || thread_writer.run(options.history_retention))
+            .spawn(move || thread_writer.run_supervised(options.history_retention))
             .map_err(|e| StoreError::new("cannot start the store writer thread", e))?;
         Ok(SqliteStore {
             path,
@@ -219,17 +223,6 @@ fn open_writer(path: &Path, sync: SyncMode) -> StoreResult<Connection> {
     Ok(connection)
 }
 
-fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
-    Ok(Message {
-        id: row.get(0)?,
-        conversation: row.get(1)?,
-        from: row.get(2)?,
-        text: row.get(3)?,
-        at: row.get(4)?,
-        client_msg_id: row.get(5)?,
-    })
-}
-
 impl Store for SqliteStore {
     fn load(&self) -> StoreResult<Snapshot> {
         load::load(&self.reader()?)
@@ -272,10 +265,7 @@ impl Store for SqliteStore {
         let (from, client_msg_id) = (from.to_owned(), client_msg_id.to_owned());
         let find = move |connection: &Connection| {
             connection
-                .prepare_cached(
-                    "SELECT id, conversation, sender, text, at, client_msg_id FROM messages
-                     WHERE sender = ?1 AND client_msg_id = ?2",
-                )
+                .prepare_cached(FIND_SENT)
                 .and_then(|mut statement| {
                     statement
                         .query_row([&from, &client_msg_id], message_from_row)
@@ -341,5 +331,21 @@ impl Store for SqliteStore {
 
     fn close(&self) {
         self.stop_writer();
+    }
+
+    fn rejected(&self, ticket: u64) -> bool {
+        self.writer.faults.rejected(ticket)
+    }
+
+    fn stored_first(&self, message: &Message) -> Option<Message> {
+        self.writer.faults.stored_first(message.id)
+    }
+
+    fn has_room(&self) -> bool {
+        self.writer.has_room()
+    }
+
+    fn health(&self) -> Result<(), String> {
+        self.writer.health()
     }
 }

@@ -93,6 +93,9 @@ const MIGRATIONS: &[&str] = &[
     // database holds no usable token; clients keep theirs, and the hub
     // hashes what they present.
     "UPDATE clients SET token = parlor_token_hash(token) WHERE typeof(token) = 'text';",
+    // 6: history retention finds old messages through an index, a bounded
+    // batch at a time, rather than scan every message holding the writer.
+    "CREATE INDEX IF NOT EXISTS messages_by_at ON messages (at);",
 ];
 
 /// The schema version this build writes.

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
+use rusqlite::{params, Connection};
 
 use super::apply::unix_millis;
 use super::writer::DELIVERIES_PER_DELETE;
@@ -352,6 +352,185 @@ fn tempdir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+fn sent(id: u64, text: &str, client_msg_id: &str) -> Message {
+    Message {
+        id,
+        conversation: "lobby".into(),
+        from: "ann".into(),
+        text: text.into(),
+        at: unix_millis(),
+        client_msg_id: Some(client_msg_id.into()),
+    }
+}
+
+fn message_with_id(id: u64, text: &str, client_msg_id: &str) -> Change {
+    Change::Message(sent(id, text, client_msg_id))
+}
+
+fn history_texts(store: &SqliteStore) -> Vec<String> {
+    store
+        .history("lobby", None, 100)
+        .wait()
+        .unwrap()
+        .into_iter()
+        .map(|message| message.text)
+        .collect()
+}
+
+#[test]
+fn a_duplicate_client_msg_id_resolves_to_the_first_message_and_blocks_nothing() {
+    let dir = tempdir("duplicate");
+    let store = SqliteStore::open(&dir, options()).unwrap();
+    // A retry the hub could not recognise (its first send had left the
+    // recent window and was not durable yet) arrives as a second message.
+    store.submit(1, vec![message_with_id(1, "first", "same")]);
+    store.submit(2, vec![message_with_id(2, "retry", "same")]);
+    store.submit(3, vec![message_with_id(3, "later", "other")]);
+    wait_durable(&store, 3);
+    assert_eq!(history_texts(&store), ["first", "later"]);
+    assert!(!store.rejected(2), "a duplicate is not a failure");
+    let first = store
+        .stored_first(&sent(2, "retry", "same"))
+        .expect("the retry resolves to the first");
+    assert_eq!((first.id, first.text.as_str()), (1, "first"));
+    assert_eq!(
+        store.find_sent("ann", "same").wait().unwrap().map(|m| m.id),
+        Some(1)
+    );
+}
+
+#[test]
+fn a_change_that_cannot_be_written_is_rejected_alone() {
+    let dir = tempdir("rejected");
+    let store = SqliteStore::open(&dir, options()).unwrap();
+    store.submit(1, vec![message_with_id(1, "first", "a")]);
+    // The same id again: a primary key violation no retry can cure.
+    store.submit(2, vec![message_with_id(1, "clash", "b")]);
+    store.submit(3, vec![message_with_id(3, "later", "c")]);
+    wait_durable(&store, 3);
+    assert!(store.rejected(2));
+    assert!(!store.rejected(1) && !store.rejected(3));
+    assert_eq!(history_texts(&store), ["first", "later"]);
+    assert_eq!(store.health(), Ok(()));
+}
+
+#[test]
+fn beyond_its_bound_the_queue_turns_waiters_away_until_it_drains() {
+    let dir = tempdir("bounded");
+    let store = SqliteStore::open(&dir, options()).unwrap();
+    let bound = crate::config::STORE_QUEUE_MAX as u64;
+    // Holding the write connection stalls every commit, as a slow disk
+    // would.
+    store.writer.try_read(|_| {
+        for ticket in 1..bound {
+            store.submit_for_waiter(ticket, Vec::new());
+        }
+        assert!(store.has_room());
+        store.submit_for_waiter(bound, Vec::new());
+        assert!(!store.has_room(), "full at the bound");
+    });
+    wait_durable(&store, bound);
+    assert!(store.has_room(), "room again once drained");
+}
+
+/// A message of `ann` in the lobby sent `age` ago.
+fn aged(id: u64, age: Duration) -> Change {
+    Change::Message(Message {
+        at: unix_millis() - age.as_millis() as u64,
+        ..sent(id, &format!("m{id}"), &format!("c{id}"))
+    })
+}
+
+#[test]
+fn retention_prunes_old_messages_through_an_index_on_at() {
+    let dir = tempdir("retention-plan");
+    let store = SqliteStore::open(&dir, options()).unwrap();
+    let plan: Vec<String> = store
+        .reader()
+        .unwrap()
+        .prepare(&format!(
+            "EXPLAIN QUERY PLAN {}",
+            super::apply::PRUNE_HISTORY
+        ))
+        .unwrap()
+        .query_map(params![0, 10], |row| row.get(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        plan.iter().any(|step| step.contains("messages_by_at")),
+        "{plan:?}"
+    );
+}
+
+#[test]
+fn pruning_deletes_old_messages_in_batches_and_keeps_newer_ones() {
+    let dir = tempdir("retention-batches");
+    let day = Duration::from_secs(86_400);
+    {
+        let store = SqliteStore::open(&dir, options()).unwrap();
+        let mut changes: Vec<Change> = (1..=7).map(|id| aged(id, 3 * day)).collect();
+        changes.extend((8..=10).map(|id| aged(id, Duration::ZERO)));
+        store.submit(1, changes);
+        wait_durable(&store, 1);
+        let cutoff = unix_millis() - day.as_millis() as u64;
+        let mut batches = Vec::new();
+        loop {
+            let deleted = store
+                .writer
+                .try_read(|connection| super::apply::prune_history(connection, cutoff, 3))
+                .expect("the writer is idle")
+                .unwrap();
+            if deleted == 0 {
+                break;
+            }
+            batches.push(deleted);
+        }
+        assert_eq!(batches, [3, 3, 1], "at most 3 per statement");
+        assert_eq!(history_texts(&store), ["m8", "m9", "m10"]);
+        store.submit(2, (11..=14).map(|id| aged(id, 3 * day)).collect());
+        wait_durable(&store, 2);
+    }
+    // The writer thread prunes at start when a retention is set.
+    let store = SqliteStore::open(
+        &dir,
+        SqliteOptions {
+            history_retention: Some(day),
+            ..options()
+        },
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while history_texts(&store).len() > 3 {
+        assert!(Instant::now() < deadline, "never pruned");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(history_texts(&store), ["m8", "m9", "m10"]);
+}
+
+#[test]
+fn a_database_of_the_previous_schema_gains_the_index_on_at() {
+    let dir = tempdir("migrate-at");
+    {
+        let mut connection = Connection::open(dir.join(DATABASE_FILE)).unwrap();
+        super::migrate(&mut connection, super::SCHEMA_VERSION - 1).unwrap();
+    }
+    let store = SqliteStore::open(&dir, options()).unwrap();
+    let indexes: Vec<String> = store
+        .reader()
+        .unwrap()
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'messages'")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        indexes.iter().any(|name| name == "messages_by_at"),
+        "{indexes:?}"
+    );
 }
 
 /// The reads requests make wait for the database off the async workers:

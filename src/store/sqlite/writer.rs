@@ -30,20 +30,34 @@
 //! so that the checkpoint completes and the WAL starts over rather than
 //! grow.
 //!
+//! Failure: a write that fails for a reason of its own (a constraint, see
+//! `apply::is_fault_of_the_write`) is rejected alone and the batch commits
+//! without it; its ticket is still published, and `rejected` tells its
+//! waiter. A failure of the storage (a full disk) puts the batch back at the
+//! queue's front, and the writer thread retries it with backoff while
+//! waiters time out; `health` reports the stall, and requests are refused
+//! at once while the queue is beyond `STORE_QUEUE_MAX`. The writer thread
+//! runs under `run_supervised`: a panic is logged and the loop restarted.
+//!
 //! What a batch or a housekeeping pass writes is `apply`'s; this file
 //! decides only when, on which thread, and what happens on failure.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use tokio::sync::{oneshot, watch};
 
-use super::apply::{collect_deliveries, delivery_cutoff, prune_history, write_batch, Write};
-use crate::config::SyncMode;
-use crate::store::{Change, StoreResult};
+use super::apply::{
+    collect_deliveries, delivery_cutoff, is_fault_of_the_write, prune_history, retention_cutoff,
+    write_batch, Outcome, Write, Written,
+};
+use super::faults::Faults;
+use crate::config::{SyncMode, PRUNE_BATCH_ROWS, STORE_QUEUE_MAX};
+use crate::store::{Change, StoreError, StoreResult};
 
 /// Jobs taken per transaction at most, so one commit stays bounded.
 const MAX_JOBS_PER_COMMIT: usize = 4096;
@@ -53,10 +67,15 @@ const DELIVERY_GC_INTERVAL: Duration = Duration::from_secs(1);
 /// held long: a fan-out to 5 000 moves 5 000 windows, and deleting what they
 /// release in one go would keep sends waiting.
 pub(super) const DELIVERIES_PER_DELETE: u64 = 1024;
+/// Pause between the chunks of a long delete (old deliveries, expired
+/// history), in which sends that found the connection busy commit.
+const PAUSE_BETWEEN_CHUNKS: Duration = Duration::from_millis(1);
 /// How often old history is pruned when a retention is set.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
 /// Longest pause between retries of a failed commit.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(2);
+/// Pause before the writer loop is restarted after a panic.
+const RESTART_AFTER_PANIC: Duration = Duration::from_secs(1);
 /// Once shutdown has begun, a failing commit is retried this long at most.
 const SHUTDOWN_RETRY_LIMIT: Duration = Duration::from_secs(5);
 /// Checkpoint after this many commits (a commit is a few WAL pages; SQLite's
@@ -105,8 +124,14 @@ impl Job {
     }
 }
 
+/// A job, and when it was queued: the oldest tells whether commits keep up.
+struct Queued {
+    job: Job,
+    at: Instant,
+}
+
 struct Queue {
-    jobs: VecDeque<Job>,
+    jobs: VecDeque<Queued>,
     /// False once the store is shutting down: the writer drains and exits.
     open: bool,
     /// Set by whoever wants the writer thread to run even with the queue
@@ -128,6 +153,10 @@ pub(super) struct Writer {
     /// Some batch moved a mailbox window: old deliveries may be deletable.
     windows_moved: AtomicBool,
     commits_since_checkpoint: AtomicU32,
+    /// `queue.jobs.len()`, written under the queue's lock, read without it.
+    queued: AtomicUsize,
+    /// Failures, and what became of failed writes (see `faults`).
+    pub(super) faults: Faults,
 }
 
 impl Writer {
@@ -151,6 +180,8 @@ impl Writer {
             stopping: AtomicBool::new(false),
             windows_moved: AtomicBool::new(false),
             commits_since_checkpoint: AtomicU32::new(0),
+            queued: AtomicUsize::new(0),
+            faults: Faults::new(),
         })
     }
 
@@ -188,7 +219,11 @@ impl Writer {
             tracing::error!("the store writer has stopped; a write was dropped");
             return;
         }
-        queue.jobs.push_back(job);
+        queue.jobs.push_back(Queued {
+            job,
+            at: Instant::now(),
+        });
+        self.queued.store(queue.jobs.len(), Ordering::Relaxed);
         if !(waiter_commits && self.inline) {
             queue.wake_writer = true;
             self.work.notify_one();
@@ -203,7 +238,9 @@ impl Writer {
         if *self.durable.borrow() >= ticket {
             return;
         }
-        if self.inline {
+        // While the storage fails, every inline try would apply the whole
+        // queue only to fail again: the writer thread retries instead.
+        if self.inline && !self.faults.storage_failing() {
             let committed = match self.connection.try_lock() {
                 Ok(mut connection) => self.commit_queued(&mut connection, false),
                 Err(TryLockError::Poisoned(poisoned)) => {
@@ -223,48 +260,53 @@ impl Writer {
     }
 
     /// Drains the queue into one transaction and publishes its tickets.
-    /// With `retry`, a failing write is retried with backoff (the writer
-    /// thread); without, the batch goes back to the queue's front and this
-    /// returns false (an inline committer, which must not sleep).
+    /// When the storage fails it, the batch goes back to the queue's front
+    /// and this returns false: the writer thread retries after a pause, an
+    /// inline committer (which must not sleep) leaves it to the writer.
     fn commit_queued(&self, connection: &mut Connection, retry: bool) -> bool {
-        let batch: Vec<Job> = {
+        let batch: Vec<Queued> = {
             let mut queue = self.queue();
             let take = queue.jobs.len().min(MAX_JOBS_PER_COMMIT);
-            queue.jobs.drain(..take).collect()
+            let batch = queue.jobs.drain(..take).collect();
+            self.queued.store(queue.jobs.len(), Ordering::Relaxed);
+            batch
         };
         if batch.is_empty() {
             return true;
         }
-        let mut backoff = Duration::from_millis(10);
-        let mut stopping_since: Option<Instant> = None;
-        let outcome = loop {
-            match write_batch(connection, batch.iter().map(Job::write)) {
-                Ok(outcome) => break outcome,
-                Err(e) if !retry => {
+        let writes = || batch.iter().map(|queued| queued.job.write());
+        let written = match write_batch(connection, writes(), false) {
+            // One write's own fault: try again with each write apart, so
+            // that only the culprit is left out.
+            Err(e) if is_fault_of_the_write(&e) => write_batch(connection, writes(), true),
+            result => result,
+        };
+        let written = match written {
+            Ok(written) => written,
+            Err(e) => {
+                // Nothing is acknowledged until written: waiters time out
+                // with 503 while the disk is failing, and a retried /send
+                // finds its first attempt still queued here.
+                if retry {
+                    tracing::error!(error = %e, jobs = batch.len(), "store commit failed; retrying");
+                } else {
                     tracing::warn!(error = %e, "inline store commit failed; the writer thread retries");
-                    let mut queue = self.queue();
-                    for job in batch.into_iter().rev() {
-                        queue.jobs.push_front(job);
-                    }
-                    return false;
                 }
-                Err(e) => {
-                    // Nothing is acknowledged until written: senders wait (and
-                    // time out with 503) while the disk is failing. At
-                    // shutdown, give up after a bound rather than hang.
-                    if self.stopping.load(Ordering::SeqCst) {
-                        let since = *stopping_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() > SHUTDOWN_RETRY_LIMIT {
-                            tracing::error!(error = %e, jobs = batch.len(), "store commit still failing at shutdown; these changes are lost");
-                            return false;
-                        }
-                    }
-                    tracing::error!(error = %e, "store commit failed; retrying in {backoff:?}");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
+                self.faults.storage_failed(&e);
+                let mut queue = self.queue();
+                for queued in batch.into_iter().rev() {
+                    queue.jobs.push_front(queued);
                 }
+                self.queued.store(queue.jobs.len(), Ordering::Relaxed);
+                queue.wake_writer = true;
+                self.work.notify_one();
+                return false;
             }
         };
+        if self.faults.storage_recovered() {
+            tracing::info!("store commits succeed again");
+        }
+        let batch: Vec<Job> = batch.into_iter().map(|queued| queued.job).collect();
         if batch.iter().any(|job| {
             matches!(job, Job::Submit { changes, .. } if changes.iter().any(|change| {
                 matches!(change, Change::MailboxWindow { .. } | Change::MailboxClosed { .. })
@@ -272,15 +314,32 @@ impl Writer {
         }) {
             self.windows_moved.store(true, Ordering::Relaxed);
         }
+        let Written {
+            outcomes,
+            duplicates,
+        } = written;
         let mut highest_ticket = None;
-        for (job, created) in batch.into_iter().zip(outcome) {
-            match job {
-                Job::Submit { ticket, .. } => highest_ticket = Some(ticket),
-                Job::CreateAccount { reply, .. } => {
+        let mut rejected = Vec::new();
+        for (job, outcome) in batch.into_iter().zip(outcomes) {
+            match (job, outcome) {
+                (Job::Submit { ticket, .. }, outcome) => {
+                    highest_ticket = Some(ticket);
+                    if let Outcome::Rejected(why) = outcome {
+                        tracing::error!(ticket, error = %why, "a change could not be stored and was dropped");
+                        rejected.push(ticket);
+                    }
+                }
+                (Job::CreateAccount { reply, .. }, Outcome::Written { created }) => {
                     let _ = reply.send(Ok(created));
+                }
+                (Job::CreateAccount { reply, .. }, Outcome::Rejected(why)) => {
+                    let _ = reply.send(Err(StoreError(why)));
                 }
             }
         }
+        // Recorded before the tickets are published: a waiter reads them
+        // once its ticket is durable.
+        self.faults.remember(rejected, duplicates);
         if let Some(ticket) = highest_ticket {
             // Published while the connection is held: tickets only grow.
             self.durable.send_replace(ticket);
@@ -303,6 +362,8 @@ impl Writer {
     pub(super) fn run(&self, history_retention: Option<Duration>) {
         let mut next_pruning = Instant::now();
         let mut next_gc = Instant::now();
+        let mut backoff = Duration::from_millis(10);
+        let mut stopping_since: Option<Instant> = None;
         loop {
             if Instant::now() >= next_gc && self.windows_moved.swap(false, Ordering::Relaxed) {
                 self.collect_deliveries();
@@ -310,7 +371,7 @@ impl Writer {
             }
             if let Some(retention) = history_retention {
                 if Instant::now() >= next_pruning {
-                    prune_history(&self.connection(), retention);
+                    self.prune_history(retention);
                     next_pruning = Instant::now() + RETENTION_INTERVAL;
                 }
             }
@@ -352,12 +413,64 @@ impl Writer {
                 }
                 continue;
             }
-            let mut connection = self.connection();
-            // Returns false only when giving up at shutdown.
-            if !self.commit_queued(&mut connection, true) {
+            if self.commit_queued(&mut self.connection(), true) {
+                backoff = Duration::from_millis(10);
+                continue;
+            }
+            // The storage failed: pause (without the connection, so an
+            // inline committer may try meanwhile), then retry. At shutdown,
+            // give up after a bound rather than hang.
+            if self.stopping.load(Ordering::SeqCst)
+                && stopping_since.get_or_insert_with(Instant::now).elapsed() > SHUTDOWN_RETRY_LIMIT
+            {
+                let mut queue = self.queue();
+                tracing::error!(
+                    jobs = queue.jobs.len(),
+                    "store commit still failing at shutdown; these changes are lost"
+                );
+                queue.jobs.clear();
+                self.queued.store(0, Ordering::Relaxed);
                 return;
             }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
         }
+    }
+
+    /// Runs the writer thread's loop until it returns; a panic in it is
+    /// logged and the loop started again (its state is all in `self`, and
+    /// every lock here recovers from poisoning). Marks the writer dead if
+    /// the loop ends before `close`.
+    pub(super) fn run_supervised(&self, history_retention: Option<Duration>) {
+        loop {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| self.run(history_retention))) {
+                Ok(()) => break,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(panic = %what, "the store writer panicked; restarting it");
+                    std::thread::sleep(RESTART_AFTER_PANIC);
+                }
+            }
+        }
+        if !self.stopping.load(Ordering::SeqCst) {
+            tracing::error!("the store writer stopped; nothing will be committed");
+            self.faults.writer_died();
+        }
+    }
+
+    /// Whether the queue is below its bound (see `STORE_QUEUE_MAX`).
+    pub(super) fn has_room(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) < STORE_QUEUE_MAX
+    }
+
+    /// Ok while commits keep up; otherwise why not (see `Faults::health`).
+    pub(super) fn health(&self) -> Result<(), String> {
+        let oldest = self.queue().jobs.front().map(|queued| queued.at.elapsed());
+        self.faults.health(oldest)
     }
 
     /// Stops taking jobs; the writer thread writes what is queued and exits.
@@ -372,7 +485,7 @@ impl Writer {
 
 impl Writer {
     /// Deletes the deliveries no mailbox holds any more, a chunk per
-    /// statement, taking the write connection for each chunk only.
+    /// statement.
     fn collect_deliveries(&self) {
         let cutoff = match delivery_cutoff(&self.connection()) {
             Ok(Some(cutoff)) => cutoff,
@@ -382,20 +495,62 @@ impl Writer {
                 return;
             }
         };
-        let mut deleted = 0;
-        loop {
-            match collect_deliveries(&self.connection(), cutoff, DELIVERIES_PER_DELETE) {
-                Ok(0) => break,
-                Ok(chunk) => deleted += chunk,
-                Err(e) => {
-                    tracing::error!(error = %e, "deleting old deliveries failed");
-                    break;
-                }
-            }
-        }
+        let deleted = self.delete_in_chunks("deleting old deliveries", |connection| {
+            collect_deliveries(connection, cutoff, DELIVERIES_PER_DELETE)
+        });
         if deleted > 0 {
             tracing::debug!(deleted, "deleted deliveries no mailbox holds");
         }
+    }
+
+    /// Deletes the messages older than `retention`, `PRUNE_BATCH_ROWS` per
+    /// statement: a first pruning of a large history deletes millions.
+    fn prune_history(&self, retention: Duration) {
+        let cutoff = retention_cutoff(retention);
+        let deleted = self.delete_in_chunks("pruning history", |connection| {
+            prune_history(connection, cutoff, PRUNE_BATCH_ROWS)
+        });
+        if deleted > 0 {
+            tracing::info!(deleted, "pruned messages past the history retention");
+        }
+    }
+
+    /// Runs `delete` (one bounded DELETE, its own transaction) until it
+    /// deletes nothing; returns how many rows went. The write connection is
+    /// taken for each chunk only; what queued meanwhile is committed between
+    /// chunks (with `--sync full` only this thread commits), and a pause
+    /// lets sends commit on their own threads, so that sends keep committing
+    /// through a delete of millions. The WAL is checkpointed as it grows.
+    fn delete_in_chunks(
+        &self,
+        what: &str,
+        mut delete: impl FnMut(&Connection) -> rusqlite::Result<usize>,
+    ) -> usize {
+        let mut deleted = 0;
+        loop {
+            let mut connection = self.connection();
+            match delete(&connection) {
+                Ok(0) => break,
+                Ok(chunk) => deleted += chunk,
+                Err(e) => {
+                    tracing::error!(error = %e, "{what} failed");
+                    break;
+                }
+            }
+            if self.queued.load(Ordering::Relaxed) > 0 {
+                self.commit_queued(&mut connection, true);
+            }
+            drop(connection);
+            let chunks = self
+                .commits_since_checkpoint
+                .fetch_add(1, Ordering::Relaxed);
+            if chunks + 1 >= CHECKPOINT_EVERY_COMMITS {
+                self.commits_since_checkpoint.store(0, Ordering::Relaxed);
+                self.checkpoint();
+            }
+            std::thread::sleep(PAUSE_BETWEEN_CHUNKS);
+        }
+        deleted
     }
 
     fn checkpoint(&self) {
