@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 
 use common::nginx::Nginx;
-use common::{encode_form, of_type, request_to, Answer, TestServer};
+use common::{encode_form, of_type, post_from, request_to, test_config, Answer, TestServer};
 use hyper::Method;
 use serde_json::Value;
 
@@ -115,6 +115,53 @@ async fn a_poll_parked_through_nginx_is_woken_by_a_send_through_nginx() {
     .await;
     assert_eq!(texts(&retried), ["through the proxy"]);
     assert_eq!(retried.json["cursor"], woken.json["cursor"]);
+    drop(nginx);
+    server.stop().await;
+}
+
+/// Sign-ups from a client address through nginx: `(status, error code)`.
+async fn sign_up(proxy: SocketAddr, from: [u8; 4], name: &str, forged: &str) -> (u16, String) {
+    let answer = post_from(
+        proxy,
+        from,
+        "/join",
+        &[("x-forwarded-for", forged)],
+        &[("name", name), ("password", "pw")],
+    )
+    .await;
+    (answer.status, answer.code().to_owned())
+}
+
+#[tokio::test]
+async fn with_nginx_trusted_each_client_address_has_its_own_limit_and_forging_changes_nothing() {
+    let mut config = test_config();
+    config.signups_per_ip = 2;
+    config.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    let server = TestServer::start_with(config).await;
+    let nginx = Nginx::start(server.addr);
+    let proxy = nginx.addr;
+
+    // 127.0.0.2 signs up twice, then is limited, whatever address it
+    // claims: nginx appends the real one, and that is the one parlor uses.
+    assert_eq!(
+        sign_up(proxy, [127, 0, 0, 2], "a1", "203.0.113.1").await.0,
+        200
+    );
+    assert_eq!(
+        sign_up(proxy, [127, 0, 0, 2], "a2", "203.0.113.2").await.0,
+        200
+    );
+    let (status, code) = sign_up(proxy, [127, 0, 0, 2], "a3", "203.0.113.3").await;
+    assert_eq!((status, code.as_str()), (429, "rate_limited"));
+    // Another client behind the same proxy has an allowance of its own.
+    assert_eq!(
+        sign_up(proxy, [127, 0, 0, 3], "b1", "127.0.0.2").await.0,
+        200
+    );
+    assert_eq!(
+        sign_up(proxy, [127, 0, 0, 3], "b2", "127.0.0.2").await.0,
+        200
+    );
     drop(nginx);
     server.stop().await;
 }

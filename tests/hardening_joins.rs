@@ -7,11 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{encode_form, join_all, send_on, test_config, Answer, TestServer};
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::Request;
-use hyper_util::rt::TokioIo;
+use common::{encode_form, join_all, post_from, test_config, Answer, TestServer};
 use parlor::config::SignupMode;
 
 /// Generous: the existing user's join must finish, not be fast.
@@ -19,20 +15,14 @@ const JOIN_LIMIT: Duration = Duration::from_secs(20);
 
 /// POST /join from the local address `from` (any of 127.0.0.0/8).
 async fn join_from(server: SocketAddr, from: [u8; 4], name: &str, password: &str) -> Answer {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::from((from, 0))).unwrap();
-    let stream = socket.connect(server).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let body = encode_form(&[("name", name), ("password", password)]);
-    let request = Request::post("/join")
-        .header("host", server.to_string())
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    send_on(&mut sender, request).await.unwrap()
+    post_from(
+        server,
+        from,
+        "/join",
+        &[],
+        &[("name", name), ("password", password)],
+    )
+    .await
 }
 
 fn retry_after(answer: &Answer) -> u64 {

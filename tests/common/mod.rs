@@ -394,3 +394,31 @@ pub async fn send_on(
         text,
     })
 }
+
+/// A form POST on a new connection from the local address `from` (any of
+/// 127.0.0.0/8), so a test can be several client addresses at once.
+pub async fn post_from(
+    addr: SocketAddr,
+    from: [u8; 4],
+    path: &str,
+    headers: &[(&str, &str)],
+    form: &[(&str, &str)],
+) -> Answer {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((from, 0))).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut request = Request::post(path)
+        .header("host", addr.to_string())
+        .header("content-type", "application/x-www-form-urlencoded");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(encode_form(form))))
+        .unwrap();
+    send_on(&mut sender, request).await.unwrap()
+}
