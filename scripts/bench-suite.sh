@@ -43,7 +43,7 @@ run() {
     # early joiners are not swept while thousands more join.
     "${server_pin[@]}" "$parlor" "${store_flags[@]}" --listen 127.0.0.1:0 \
         --argon2-memory-kib 8 --argon2-iterations 1 --inactivity-timeout 5m \
-        --signups-per-ip 0 --send-rate 0 \
+        --signups-per-ip 0 --send-rate 0 --max-connections-per-ip 0 \
         >"$work/server.out" 2>"$work/server.err" &
     local pid=$! url=""
     for _ in $(seq 100); do

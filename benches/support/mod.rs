@@ -91,8 +91,10 @@ impl Bench {
         // Cheap password hashes: the bench joins thousands of users.
         config.argon2_memory_kib = 8;
         config.argon2_iterations = 1;
-        // Thousands of joins and sends from one address: no rate limits.
+        // Thousands of joins, sends and connections from one address: no
+        // rate or per-address limits.
         config.signups_per_ip = 0;
+        config.max_connections_per_ip = 0;
         config.send_rate = parlor::config::SendRate(0);
         let parlor = Server::open(config).expect("open an ephemeral server");
         let hub = parlor.hub();
