@@ -112,6 +112,8 @@ describe('tabs of one browser share one poll', () => {
       await say(bob.page, 'lobby', text);
       expected.push(text);
     }
+    // bob's lines are stored before alice's, so the order is known.
+    await waitForTexts(bob.page, 'lobby', expected);
     await say(tabs[3], 'lobby', 'alice from tab 4');
     expected.push('alice from tab 4');
     for (const page of [...tabs, ...bobTabs]) { await waitForTexts(page, 'lobby', expected); }
