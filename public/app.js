@@ -164,6 +164,19 @@
     } catch (e) { /* best effort */ }
   });
 
+  // A page restored from the back-forward cache said goodbye on pagehide:
+  // take part again, or follow what the other tabs did meanwhile.
+  on(window, 'pageshow', function (event) {
+    var S = P.session;
+    if (!event || !event.persisted || !S || !P.tabs.shared()) { return; }
+    var stored = P.tabs.storedSession();
+    if (!stored || stored.token !== S.token) {
+      sessionChanged(stored);
+      return;
+    }
+    P.tabs.start(S);
+  });
+
   // ---- Page wiring ---------------------------------------------------------
 
   on(byId('menu-toggle'), 'click', P.toggleSidebar);

@@ -74,35 +74,33 @@ async function oneLeader(what, pages, polls) {
   }
 }
 
+/**
+ * `name` signs in, in a browser of their own, with its polls counted from
+ * the first, then opens `count - 1` more tabs, which resume the session.
+ */
+async function signedInTabs(w, name, password, count) {
+  const person = await w.person(null);
+  const polls = countPolls(person.context);
+  await login(person.page, name, password);
+  const tabs = [person.page];
+  while (tabs.length < count) { tabs.push(await openTab(person, w.server.url)); }
+  return { person, polls, tabs };
+}
+
 describe('tabs of one browser share one poll', () => {
   let browser;
   before(async () => { browser = await launchBrowser(); });
   after(async () => { if (browser) { await browser.close(); } });
 
-  async function inWorld(body, serverOptions) {
-    const w = await world(browser, serverOptions);
-    try {
-      await body(w);
-      w.assertNoPageErrors();
-    } finally {
-      await w.close();
-    }
-  }
+  const inWorld = (body) => world.run(browser, body);
 
   it('8 tabs: one poll, every message once and in order, the leader closes, a late tab catches up, logout', () => inWorld(async (w) => {
     const url = w.server.url;
-    const alice = await w.person(null);
-    const polls = countPolls(alice.context);
-    await login(alice.page, 'alice', 'pw-a');
-    const tabs = [alice.page];
-    for (let i = 1; i < 8; i++) { tabs.push(await openTab(alice, url)); }
+    const { person: alice, polls, tabs } = await signedInTabs(w, 'alice', 'pw-a', 8);
     await oneLeader('one leader and one parked poll among 8 tabs', tabs, polls);
 
     // bob, in a browser of his own with two tabs, has a leader of his own.
-    const bob = await w.person(null);
-    const bobPolls = countPolls(bob.context);
-    await login(bob.page, 'bob', 'pw-b');
-    const bobTabs = [bob.page, await openTab(bob, url)];
+    const { person: bob, polls: bobPolls, tabs: bobTabs } = await signedInTabs(w, 'bob', 'pw-b', 2);
     await oneLeader('bob has one leader and one parked poll', bobTabs, bobPolls);
 
     polls.resetMax();
@@ -156,12 +154,7 @@ describe('tabs of one browser share one poll', () => {
   }));
 
   it('10 tabs of one person in one browser can each send and receive', () => inWorld(async (w) => {
-    const url = w.server.url;
-    const alice = await w.person(null);
-    const polls = countPolls(alice.context);
-    await login(alice.page, 'alice', 'pw-a');
-    const tabs = [alice.page];
-    for (let i = 1; i < 10; i++) { tabs.push(await openTab(alice, url)); }
+    const { polls, tabs } = await signedInTabs(w, 'alice', 'pw-a', 10);
     const bob = (await w.person('bob', 'pw-b')).page;
     await oneLeader('one leader among 10 tabs', tabs, polls);
     const expected = [];
@@ -191,6 +184,7 @@ describe('tabs of one browser share one poll', () => {
     await eventually('each tab polls', () => polls.inflight() === 2, WAIT_MS);
     const bob = (await w.person('bob', 'pw-b')).page;
     await say(alice.page, 'lobby', 'one');
+    await waitForTexts(alice.page, 'lobby', ['one']); // stored first: the order is known
     await say(tab2, 'lobby', 'two');
     for (const page of [alice.page, tab2, bob]) { await waitForTexts(page, 'lobby', ['one', 'two']); }
   }));
@@ -205,6 +199,7 @@ describe('tabs of one browser share one poll', () => {
     await oneLeader('one leader among 3 tabs', tabs, polls);
     const bob = (await w.person('bob', 'pw-b')).page;
     await say(bob, 'lobby', 'via storage');
+    await waitForTexts(tabs[2], 'lobby', ['via storage']); // stored first: the order is known
     await say(tabs[2], 'lobby', 'and back');
     for (const page of [...tabs, bob]) { await waitForTexts(page, 'lobby', ['via storage', 'and back']); }
   }));
