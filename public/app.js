@@ -74,23 +74,69 @@
       }
       loginPassword.value = '';
       startSession(name, password, data);
+      P.tabs.share(P.session);
     });
   });
 
   // ---- Session start and end -----------------------------------------------
 
-  function startSession(name, password, joinReply) {
+  /** `token` is given when resuming a session shared by another tab (a /sync reply has none). */
+  function startSession(name, password, reply, token) {
     P.session = P.newSession(name, password);
+    if (token) { P.session.token = token; }
     P.resetChatView();
     document.body.className = 'at-chat';
-    P.applySnapshot(joinReply, 'join');
+    P.applySnapshot(reply, 'join');
     P.setConnection('connected');
+    P.tabs.start(P.session);
     P.poll();
+  }
+
+  var resuming = null;
+
+  /** Opens the session another tab of this browser signed in (tabs.js). */
+  function resumeSession(shared) {
+    if (resuming === shared.token) { return; }
+    resuming = shared.token;
+    P.request('GET', '/sync', { token: shared.token }, P.REQUEST_TIMEOUT_MS, function (err, data) {
+      if (resuming !== shared.token) { return; }
+      resuming = null;
+      if (P.session) { return; } // signed in here meanwhile
+      if (!err) {
+        startSession(shared.name, null, data, shared.token);
+      } else if (err.code === 'unknown_client') {
+        P.tabs.forget({ token: shared.token });
+        showLogin(shared.name, '');
+      } else {
+        showLogin(shared.name, describeJoinError(err));
+      }
+    });
+  }
+
+  /** Another tab signed in, out, or rejoined with a new token. */
+  function sessionChanged(shared) {
+    var S = P.session;
+    if (S && shared && S.token === shared.token) { return; }
+    if (S && shared && S.user === shared.user) {
+      // The same person on a new client process (the leader rejoined).
+      S.token = shared.token;
+      S.epoch++;
+      S.maxMsgId = 0;
+      P.stopLoop();
+      P.resync();
+      return;
+    }
+    if (S) {
+      endSession();
+      showLogin(S.name, '');
+    }
+    if (shared) { resumeSession(shared); }
   }
 
   function logout() {
     var session = P.session;
     if (!session) { return; }
+    P.tabs.forget(session);
     P.request('POST', '/leave', { token: session.token }, P.REQUEST_TIMEOUT_MS, P.noop);
     endSession();
     showLogin(session.name, '');
@@ -100,20 +146,35 @@
     var S = P.session;
     if (!S) { return; }
     P.stopLoop();
+    P.tabs.stop();
     if (S.sendTimer) { clearTimeout(S.sendTimer); }
     P.session = null;
   }
 
-  // Closing the tab ends its client process at once, so others see us go
-  // without waiting for the inactivity sweep. Browsers without sendBeacon
+  // Closing the last tab ends its client process at once, so others see us
+  // go without waiting for the inactivity sweep. Browsers without sendBeacon
   // rely on the sweep.
   on(window, 'pagehide', function () {
     var S = P.session;
-    if (!S || !S.token || !navigator.sendBeacon || typeof Blob === 'undefined') { return; }
+    var last = P.tabs.closing();
+    if (!S || !S.token || !last || !navigator.sendBeacon || typeof Blob === 'undefined') { return; }
     try {
       navigator.sendBeacon('/leave', new Blob([P.encodeForm({ token: S.token })],
         { type: 'application/x-www-form-urlencoded' }));
     } catch (e) { /* best effort */ }
+  });
+
+  // A page restored from the back-forward cache said goodbye on pagehide:
+  // take part again, or follow what the other tabs did meanwhile.
+  on(window, 'pageshow', function (event) {
+    var S = P.session;
+    if (!event || !event.persisted || !S || !P.tabs.shared()) { return; }
+    var stored = P.tabs.storedSession();
+    if (!stored || stored.token !== S.token) {
+      sessionChanged(stored);
+      return;
+    }
+    P.tabs.start(S);
   });
 
   // ---- Page wiring ---------------------------------------------------------
@@ -136,6 +197,9 @@
   P.describeJoinError = describeJoinError;
   P.showLogin = showLogin;
   P.endSession = endSession;
+  P.sessionChanged = sessionChanged;
 
-  showLogin('', '');
+  var stored = P.tabs.storedSession();
+  showLogin(stored ? stored.name : '', '');
+  if (stored) { resumeSession(stored); }
 }(window.parlor));

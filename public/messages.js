@@ -248,8 +248,10 @@
       if (P.isTransient(err) || err.code === 'unknown_client') {
         P.setText(item.stateNode, 'waiting for connection\u2026');
         P.addClass(item.node, 'waiting');
-        if (err.code === 'unknown_client' && token === S.token && S.stage !== 'rejoin') {
-          // Our client is gone: rejoin now rather than wait for the poll.
+        if (err.code === 'unknown_client' && token === S.token && S.stage !== 'rejoin' &&
+            P.tabs.mayRejoin()) {
+          // Our client is gone: rejoin now rather than wait for the poll. A
+          // tab that follows waits for the leader's new token instead (tabs.js).
           P.stopLoop();
           P.rejoin();
           return;

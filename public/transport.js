@@ -178,6 +178,8 @@
    */
   function poll() {
     var S = P.session;
+    // Another tab of this browser polls for us all (tabs.js).
+    if (!P.tabs.mayPoll()) { S.stage = 'follow'; return; }
     var gen = ++S.loopGen;
     S.stage = 'poll';
     S.inflight = request('POST', '/poll', { token: S.token, cursor: S.cursor },
@@ -191,6 +193,7 @@
           // Move the cursor first: an event that breaks the page must not
           // make us fetch it again forever.
           S.cursor = data.cursor;
+          P.tabs.publish(S, data);
           for (var i = 0; i < events.length; i++) {
             try {
               P.handleEvent(events[i]);
@@ -218,6 +221,11 @@
    */
   function rejoin() {
     var S = P.session;
+    if (!S.password) {
+      // A tab that resumed the session of another never saw the password.
+      signedOut('please enter your password again.');
+      return;
+    }
     var gen = ++S.loopGen;
     S.stage = 'rejoin';
     P.setConnection('reconnecting');
@@ -231,6 +239,7 @@
           S.maxMsgId = 0;
           var chosenStatus = S.myStatus;
           P.applySnapshot(data, 'rejoin');
+          P.tabs.share(S);
           // A server that forgot us also forgot that we were busy or away.
           if (chosenStatus !== S.myStatus) { P.setStatus(chosenStatus); }
           P.setConnection('connected');
@@ -241,11 +250,17 @@
         } else {
           // The password no longer works (an ephemeral server forgot the
           // name and someone else took it) or the name became invalid.
-          var name = S.name;
-          P.endSession();
-          P.showLogin(name, 'You were signed out: ' + P.describeJoinError(err));
+          signedOut(P.describeJoinError(err));
         }
       });
+  }
+
+  /** The session cannot go on: every tab sharing it goes to the login form. */
+  function signedOut(why) {
+    var S = P.session;
+    P.tabs.forget(S);
+    P.endSession();
+    P.showLogin(S.name, 'You were signed out: ' + why);
   }
 
   /** We fell too far behind (410): take a fresh snapshot, then reload history. */
@@ -260,10 +275,11 @@
       if (!err) {
         S.attempt = 0;
         P.applySnapshot(data, 'sync');
+        P.tabs.publishResync(S);
         P.setConnection('connected');
         P.kickOutbox();
         poll();
-      } else if (err.code === 'unknown_client') {
+      } else if (err.code === 'unknown_client' && P.tabs.mayRejoin()) {
         rejoin();
       } else {
         retryLater(resync);
@@ -279,4 +295,5 @@
   P.retryNow = retryNow;
   P.poll = poll;
   P.rejoin = rejoin;
+  P.resync = resync;
 }(window.parlor));

@@ -14,15 +14,7 @@ describe('parlor in the browser', () => {
   after(async () => { if (browser) { await browser.close(); } });
 
   /** Runs `body(w)` in a fresh world and always tears it down. */
-  async function inWorld(body, serverOptions) {
-    const w = await world(browser, serverOptions);
-    try {
-      await body(w);
-      w.assertNoPageErrors();
-    } finally {
-      await w.close();
-    }
-  }
+  const inWorld = (body, serverOptions) => world.run(browser, body, serverOptions);
 
   it('works with no WebSocket, fetch or EventSource, and keeps the password out of storage', () => inWorld(async (w) => {
     const { page } = await w.person('alice', 'secret-pw-a');

@@ -251,6 +251,17 @@ async function world(browser, serverOptions) {
   };
 }
 
+/** Runs `body(w)` in a fresh world, checks its pages for errors, and always tears it down. */
+world.run = async function run(browser, body, serverOptions) {
+  const w = await world(browser, serverOptions);
+  try {
+    await body(w);
+    w.assertNoPageErrors();
+  } finally {
+    await w.close();
+  }
+};
+
 module.exports = {
   REPO, PARLOR_BIN, WAIT_MS, SCREENSHOT_DIR,
   startServer, launchBrowser, openPerson, login, pane, dialogId, messages, waitForTexts,

@@ -67,15 +67,8 @@ describe('recovering from what the server says', () => {
   before(async () => { browser = await launchBrowser(); });
   after(async () => { if (browser) { await browser.close(); } });
 
-  async function inWorld(body, serverOptions) {
-    const w = await world(browser, serverOptions);
-    try {
-      await body(w);
-      w.assertNoPageErrors();
-    } finally {
-      await w.close();
-    }
-  }
+  /** Runs `body(w)` in a fresh world and always tears it down. */
+  const inWorld = (body, serverOptions) => world.run(browser, body, serverOptions);
 
   it('410 cursor_expired: resyncs (GET /sync, then history) and fills the gap without doubles', () => inWorld(async (w) => {
     const alice = (await w.person('alice', 'pw-a')).page;
