@@ -407,6 +407,7 @@ impl Hub {
         if batches.is_empty() {
             return;
         }
+        self.shared.metrics.durable_now();
         // One lock per shard, each taken alone.
         let mut by_shard: Vec<(usize, &str)> = batches
             .iter()

@@ -235,6 +235,7 @@ impl Writer {
         if batch.is_empty() {
             return true;
         }
+        let started = Instant::now();
         let mut backoff = Duration::from_millis(10);
         let mut stopping_since: Option<Instant> = None;
         let outcome = loop {
@@ -265,6 +266,7 @@ impl Writer {
                 }
             }
         };
+        crate::metrics::STORE.committed(started.elapsed(), batch.len());
         if batch.iter().any(|job| {
             matches!(job, Job::Submit { changes, .. } if changes.iter().any(|change| {
                 matches!(change, Change::MailboxWindow { .. } | Change::MailboxClosed { .. })
