@@ -351,15 +351,15 @@ impl Metrics {
                 }
             }
         }
-        let name = "parlor_poll_answers_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Polls answered, by why.\n# TYPE {name} counter"
+        let answers =
+            PollAnswer::ALL.map(|how| (how.label(), &counters.poll_answers[how as usize]));
+        labelled(
+            &mut out,
+            "parlor_poll_answers_total",
+            "Polls answered, by why.",
+            "reason",
+            answers,
         );
-        for how in PollAnswer::ALL {
-            let count = counters.poll_answers[how as usize].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}{{reason=\"{}\"}} {count}", how.label());
-        }
         for (name, help, counter) in [
             (
                 "parlor_messages_total",
@@ -383,15 +383,15 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {count}"
             );
         }
-        let name = "parlor_rate_limited_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Requests refused by a limit, by limit.\n# TYPE {name} counter"
+        let limits =
+            RateLimit::ALL.map(|limit| (limit.label(), &counters.rate_limited[limit as usize]));
+        labelled(
+            &mut out,
+            "parlor_rate_limited_total",
+            "Requests refused by a limit, by limit.",
+            "limit",
+            limits,
         );
-        for limit in RateLimit::ALL {
-            let count = counters.rate_limited[limit as usize].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}{{limit=\"{}\"}} {count}", limit.label());
-        }
         STORE.commit_micros.render(
             &mut out,
             "parlor_store_commit_seconds",
@@ -408,6 +408,22 @@ impl Metrics {
             "From events becoming durable to a parked poll's answer.",
         );
         out
+    }
+}
+
+/// A counter with one label: a sample per value, zeros included (the
+/// values are few and fixed).
+fn labelled<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    samples: impl IntoIterator<Item = (&'a str, &'a AtomicU64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, count) in samples {
+        let count = count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {count}");
     }
 }
 
