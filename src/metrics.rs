@@ -13,7 +13,7 @@
 //! index (an endpoint's row, a status class, an enum), bumped with one
 //! relaxed atomic add — no allocation, no lock, no label hashing, no string
 //! formatting per request. A histogram observation is a scan of at most
-//! `MAX_BUCKETS` bounds and three relaxed adds. All the formatting happens
+//! `MAX_BUCKETS` bounds and two relaxed adds. All the formatting happens
 //! at scrape time, once a scrape. (`prometheus-client`'s `Family` hashes
 //! the label set into a map under a lock per access, and its histogram
 //! takes a lock per observation; hence these hand-rolled fixed slots.)
@@ -35,7 +35,7 @@ pub const MAX_ENDPOINTS: usize = 32;
 /// Status classes 1xx to 5xx.
 const STATUS_CLASSES: usize = 5;
 /// Most finite bucket bounds of a histogram.
-const MAX_BUCKETS: usize = 16;
+const MAX_BUCKETS: usize = 20;
 
 /// How a poll was answered (`parlor_poll_answers_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,10 +177,11 @@ impl Histogram {
     }
 }
 
-/// Bounds of the time histograms, in µs: 50 µs to 2.5 s.
+/// Bounds of the time histograms, in µs: 10 µs (a wake on an idle
+/// server) to 2.5 s.
 const MICROS: &[u64] = &[
-    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-    1_000_000, 2_500_000,
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    500_000, 1_000_000, 2_500_000,
 ];
 /// Bounds of the batch size histogram, in jobs.
 const JOBS: &[u64] = &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
@@ -294,13 +295,17 @@ impl Metrics {
 
     /// Events just became durable and their readers are being woken.
     pub fn durable_now(&self) {
-        let now = self.since_epoch();
+        // At least 1: 0 stands for never.
+        let now = self.since_epoch().max(1);
         self.counters.durable_at.store(now, Ordering::Relaxed);
     }
 
     /// A poll woken for events built its answer.
     pub fn woken_poll_answered(&self) {
         let durable_at = self.counters.durable_at.load(Ordering::Relaxed);
+        if durable_at == 0 {
+            return; // nothing was made durable yet: no wake to time
+        }
         let waited = self.since_epoch().saturating_sub(durable_at);
         self.counters.wake_micros.observe(waited);
     }

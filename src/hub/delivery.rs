@@ -202,6 +202,9 @@ impl<D: Deref<Target = Directory>> Locked<'_, D> {
             }
             (ticket, wake_now)
         };
+        if wake_now {
+            hub.metrics.durable_now();
+        }
         let now = Instant::now();
         for user in to_wake.iter() {
             let index = hub.shard_of_user(user);
