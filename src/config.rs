@@ -136,6 +136,11 @@ pub struct Config {
     #[arg(long, env = "PARLOR_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Serve Prometheus metrics (GET /metrics) on this address; off unless set. Keep it private:
+    /// loopback, or a network only the scraper reaches (the metrics describe load and users).
+    #[arg(long, env = "PARLOR_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Directory of the durable store.
     #[arg(long, env = "PARLOR_DATA_DIR", default_value = "./parlor-data")]
     pub data_dir: PathBuf,

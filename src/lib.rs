@@ -39,6 +39,8 @@
 //! - [`auth`]: tokens and password hashing (a bounded queue for it).
 //! - [`limits`]: rate limits per client address, user or client process
 //!   (sign-ups, wrong passwords, /status, /send, room creation).
+//! - [`metrics`]: Prometheus counters and histograms, cheap on the hot
+//!   path; scraped on `--metrics-listen`.
 //! - [`error`]: `ApiError`, the status + code + message of a failed request,
 //!   and the one each `hub::Refusal` is answered with.
 //!
@@ -64,6 +66,7 @@ pub mod event;
 pub mod http;
 pub mod hub;
 pub mod limits;
+pub mod metrics;
 pub mod server;
 pub mod store;
 

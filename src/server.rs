@@ -16,6 +16,7 @@
 //! keep-alive connections, and give up on stragglers after `SHUTDOWN_GRACE`.
 
 mod connections;
+mod scrape;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -56,6 +57,9 @@ pub struct Server {
     /// Checked when the server opens, so a bad `--allow-origin` stops the
     /// start before anything listens.
     cors: Cors,
+    /// Bound at open when `--metrics-listen` is set (so that a taken port
+    /// stops the start); served by `run` (see `scrape`).
+    metrics_listener: Option<std::net::TcpListener>,
 }
 
 impl Server {
@@ -94,7 +98,22 @@ impl Server {
         )?;
         tracing::info!(stats = ?hub.stats(), resumed_in = ?started.elapsed(), "state resumed");
         let cors = Cors::new(&config.allow_origin)?;
-        Ok(Server { config, hub, cors })
+        let metrics_listener = match config.metrics_listen {
+            Some(address) => Some(bind_metrics(address)?),
+            None => None,
+        };
+        Ok(Server {
+            config,
+            hub,
+            cors,
+            metrics_listener,
+        })
+    }
+
+    /// Where `GET /metrics` is served, when `--metrics-listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        let listener = self.metrics_listener.as_ref()?;
+        listener.local_addr().ok()
     }
 
     /// A handle on the live state (for tests and diagnostics).
@@ -108,7 +127,12 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
-        let Server { config, hub, cors } = self;
+        let Server {
+            config,
+            hub,
+            cors,
+            metrics_listener,
+        } = self;
         let app = App {
             hub: hub.clone(),
             admin_token: config.admin_token.as_deref().map(Arc::from),
@@ -118,13 +142,22 @@ impl Server {
         };
         let (stop_sweeper, sweeper_stop) = watch::channel(false);
         let sweeper = tokio::spawn(sweeper::run(hub.clone(), sweeper_stop.clone()));
-        let visibility = tokio::spawn(hub.clone().run_visibility(sweeper_stop));
+        let visibility = tokio::spawn(hub.clone().run_visibility(sweeper_stop.clone()));
 
         // Bounded by u32 so that shutdown can wait for every permit at once.
         let most = Semaphore::MAX_PERMITS.min(u32::MAX as usize);
         let max_connections = config.max_connections.clamp(1, most) as u32;
         let connection_permits = Arc::new(Semaphore::new(max_connections as usize));
         let connections = Connections::new(config.max_connections_per_ip);
+        let scrapes = match metrics_listener {
+            Some(listener) => Some(tokio::spawn(scrape::serve(
+                TcpListener::from_std(listener)?,
+                hub.clone(),
+                connections.clone(),
+                sweeper_stop,
+            ))),
+            None => None,
+        };
         let mut pressure = PressureLog::new();
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -202,11 +235,28 @@ impl Server {
         }
         let _ = sweeper.await;
         let _ = visibility.await;
+        if let Some(scrapes) = scrapes {
+            let _ = scrapes.await;
+        }
         // Everything acknowledged is already durable; this writes the rest
         // (presence copies, trims) so a restart resumes exactly here.
         hub.close_store();
         Ok(())
     }
+}
+
+/// Binds the metrics listener; logs where it is, since operators point a
+/// scraper at it.
+fn bind_metrics(address: SocketAddr) -> Result<std::net::TcpListener, Error> {
+    let listener = std::net::TcpListener::bind(address)
+        .map_err(|e| format!("cannot listen for metrics on {address}: {e}"))?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    if !bound.ip().is_loopback() {
+        tracing::warn!(address = %bound, "metrics are served on a non-loopback address: keep it private");
+    }
+    tracing::info!(address = %bound, "serving metrics at /metrics");
+    Ok(listener)
 }
 
 /// A connection slot for the accepted connection `waiting`. When none is

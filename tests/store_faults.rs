@@ -156,10 +156,6 @@ async fn a_retry_of_a_send_still_on_its_way_to_disk_is_stored_once() {
         let (hub, token) = (hub.clone(), token.clone());
         tokio::spawn(async move { hub.send(&token, "lobby", &text, Some(&id)).await })
     };
-    let mut sends = Vec::new();
-    for i in 0..SENDS {
-        sends.push(send(format!("message {i}"), format!("m{i}")));
-    }
     let all_held = |count| {
         let store = store.clone();
         async move {
@@ -168,6 +164,16 @@ async fn a_retry_of_a_send_still_on_its_way_to_disk_is_stored_once() {
             }
         }
     };
+    // m0 first and alone, so that it is the oldest the hub remembers and
+    // the 1 099 sent after it push it out of the window, however the
+    // runtime orders the tasks spawned at once.
+    let mut sends = vec![send("message 0".into(), "m0".into())];
+    tokio::time::timeout(NO_HANG, all_held(1))
+        .await
+        .expect("the first send reached the store");
+    for i in 1..SENDS {
+        sends.push(send(format!("message {i}"), format!("m{i}")));
+    }
     tokio::time::timeout(NO_HANG, all_held(SENDS))
         .await
         .expect("every send reached the store");

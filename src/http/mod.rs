@@ -114,8 +114,14 @@ impl Route {
     }
 
     /// The row for an API path, if `path` is one.
+    #[cfg(test)]
     fn find(path: &str) -> Option<&'static Route> {
-        ROUTES.iter().find(|route| route.path == path)
+        Route::find_index(path).map(|index| &ROUTES[index])
+    }
+
+    /// The index in `ROUTES` of an API path, if `path` is one.
+    fn find_index(path: &str) -> Option<usize> {
+        ROUTES.iter().position(|route| route.path == path)
     }
 
     /// The accepted methods as an `Allow` value, `GET, HEAD`. Built only
@@ -135,7 +141,8 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let method = request.method().clone();
-    let found = Route::find(request.uri().path());
+    let index = Route::find_index(request.uri().path());
+    let found = index.map(|index| &ROUTES[index]);
     // For the error log (see the module doc for why not the `Uri`). An API
     // path is its static name, with no allocation on the hot paths;
     // anything else is copied.
@@ -178,7 +185,17 @@ pub async fn handle(
     if let Some(origin) = admitted {
         cors::admit_answer(&mut response, origin);
     }
+    let endpoint = index.unwrap_or(ROUTES.len());
+    let metrics = app.hub.metrics();
+    metrics.request(endpoint, response.status().as_u16());
     Ok(response)
+}
+
+/// The label of each slot of `Metrics::request`'s endpoint: the API paths
+/// in `ROUTES` order, then `other` (static files, unknown paths).
+pub fn endpoint_labels() -> Vec<&'static str> {
+    let paths = ROUTES.iter().map(|route| route.path);
+    paths.chain(["other"]).collect()
 }
 
 /// Serves `request`; `found` is its path's row in `ROUTES`, if it has one.
@@ -247,6 +264,11 @@ mod tests {
             assert!(!row.methods.is_empty(), "{} accepts no method", row.path);
             assert!(std::ptr::eq(Route::find(row.path).unwrap(), row));
         }
+    }
+
+    #[test]
+    fn every_endpoint_has_a_metrics_slot() {
+        assert!(endpoint_labels().len() <= crate::metrics::MAX_ENDPOINTS);
     }
 
     #[test]

@@ -208,6 +208,9 @@ impl<D: Deref<Target = Directory>> Locked<'_, D> {
             }
             (ticket, wake_now)
         };
+        if wake_now {
+            hub.metrics.durable_now();
+        }
         let now = Instant::now();
         for user in to_wake.iter() {
             let index = hub.shard_of_user(user);
@@ -444,6 +447,7 @@ impl Hub {
         if batches.is_empty() {
             return;
         }
+        self.shared.metrics.durable_now();
         // One lock per shard, each taken alone.
         let mut by_shard: Vec<(usize, &str)> = batches
             .iter()

@@ -21,6 +21,7 @@ use crate::auth::{self, TokenHash};
 use crate::config::{MAX_CLIENTS_PER_USER, MAX_NAME_LEN, MAX_PASSWORD_BYTES};
 use crate::conversation::Conversation;
 use crate::event::{Event, RemovalReason, Status};
+use crate::metrics::RateLimit;
 use crate::store::{Change, StoreError};
 
 /// What /join and /sync answer: who the client is, where its cursor starts,
@@ -70,6 +71,7 @@ impl Hub {
                 .get(name)
                 .map_or(0, |user| user.clients.len());
             if clients_of_user >= MAX_CLIENTS_PER_USER {
+                self.shared.metrics.rate_limited(RateLimit::Clients);
                 return Err(Refusal::TooManyClients {
                     name: name.to_owned(),
                 });
@@ -98,7 +100,10 @@ impl Hub {
             Some(stored) => stored,
             None => {
                 rates.signup(name, from)?;
-                let hash = hasher.hash(password).await.map_err(busy)?;
+                let hash = hasher
+                    .hash(password)
+                    .await
+                    .map_err(|busy| self.busy(busy))?;
                 // Bounded like any wait for the store: a full disk answers
                 // 503, not a hang.
                 let claim = store.create_account(name, &hash);
@@ -117,7 +122,11 @@ impl Hub {
                 })?
             }
         };
-        if hasher.verify(password, &stored).await.map_err(busy)? {
+        if hasher
+            .verify(password, &stored)
+            .await
+            .map_err(|busy| self.busy(busy))?
+        {
             Ok(())
         } else {
             rates.wrong_password(name, from);
@@ -375,8 +384,11 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
-fn busy(auth::Busy(wait): auth::Busy) -> Refusal {
-    Refusal::Busy { wait }
+impl Hub {
+    fn busy(&self, auth::Busy(wait): auth::Busy) -> Refusal {
+        self.shared.metrics.rate_limited(RateLimit::HashQueue);
+        Refusal::Busy { wait }
+    }
 }
 
 fn millis(duration: Duration) -> u64 {

@@ -54,6 +54,7 @@ use tokio::time::Instant;
 
 use crate::auth::PasswordHasherPool;
 use crate::limits::Limits;
+use crate::metrics::{Gauges, Metrics};
 use crate::store::{Store, StoreError};
 use clients::Wake;
 use delivery::{Committer, Log};
@@ -124,6 +125,8 @@ struct Shared {
     /// The highest durable ticket whose readers were woken. Written under
     /// the log's lock, read without it.
     woken_through: AtomicU64,
+    /// Counters of what the hub does (`crate::metrics`).
+    metrics: Metrics,
 }
 
 impl Hub {
@@ -142,6 +145,7 @@ impl Hub {
         let snapshot = store.load()?;
         let sweeper = Arc::new(SweeperAlarm::default());
         let durable = store.durable();
+        let metrics = Metrics::default();
         let shards = (0..locks::SHARDS)
             .map(|_| Mutex::new(Shard::new(sweeper.clone(), config.inactivity_timeout)))
             .collect();
@@ -163,7 +167,7 @@ impl Hub {
                     limits.hash_waiters,
                     limits.hash_wait,
                 ),
-                rates: rates::Rates::new(&limits),
+                rates: rates::Rates::new(&limits, metrics.clone()),
                 sweeper,
                 durable,
                 shutting_down: AtomicBool::new(false),
@@ -171,6 +175,7 @@ impl Hub {
                 last_delivery_id: AtomicU64::new(snapshot.last_delivery_id),
                 last_client_id: AtomicU64::new(snapshot.last_client_id),
                 woken_through: AtomicU64::new(0),
+                metrics,
             }),
         };
         {
@@ -181,6 +186,11 @@ impl Hub {
             locked.flush(Committer::Store);
         }
         Ok(hub)
+    }
+
+    /// This server's counters, for the HTTP service and the scrape.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
     }
 
     pub fn config(&self) -> HubConfig {
@@ -197,6 +207,20 @@ impl Hub {
     /// Writes whatever the store has queued; called at shutdown.
     pub fn close_store(&self) {
         self.shared.store.close();
+    }
+
+    /// The metrics' gauges the hub keeps as state. Each shard is locked
+    /// alone and only its counts are read (O(shards)), so a scrape does not
+    /// stop the hub as `stats` does.
+    pub fn gauges(&self) -> Gauges {
+        let mut gauges = Gauges::default();
+        for index in 0..self.shared.shards.len() {
+            let shard = self.shared.shard(index);
+            gauges.parked_polls += shard.clients.parked();
+            gauges.client_processes += shard.clients.len();
+            gauges.online_users += shard.users.len();
+        }
+        gauges
     }
 
     pub fn stats(&self) -> HubStats {

@@ -27,11 +27,12 @@ use super::{Hub, HubResult, Refusal};
 use crate::auth::TokenHash;
 use crate::config::{MAX_EVENTS_PER_POLL, PRESENCE_CHANGES_PER_POLL, PRESENCE_COALESCE_WINDOW};
 use crate::event::{empty_poll_body, write_poll_body, EventBytes};
+use crate::metrics::PollAnswer;
 
 /// What one pass of a poll found.
 enum ReadOrPark {
-    /// The answer's body.
-    Ready(Vec<u8>),
+    /// The answer's body, and why it is answered now.
+    Ready(Vec<u8>, PollAnswer),
     Parked(ParkedAt),
 }
 
@@ -70,11 +71,20 @@ impl Hub {
         let mut presence_due: Option<Instant> = None;
         // The deadline passed: one last pass answers what there is.
         let mut ending = false;
+        let metrics = &self.shared.metrics;
+        // Woken for events: the answer's wake time is measured.
+        let mut woken_for_events = false;
         loop {
             let may_park = !wait.is_zero() && !ending;
             let copy_presence = !may_park || presence_due.is_some_and(|due| Instant::now() >= due);
             let parked = match self.read_or_park(token, cursor, may_park, copy_presence)? {
-                ReadOrPark::Ready(body) => return Ok(body),
+                ReadOrPark::Ready(body, how) => {
+                    metrics.poll_answered(how);
+                    if woken_for_events && how == PollAnswer::Events {
+                        metrics.woken_poll_answered();
+                    }
+                    return Ok(body);
+                }
                 ReadOrPark::Parked(parked) => parked,
             };
             let mut wake_at = deadline;
@@ -95,15 +105,23 @@ impl Hub {
                 woken = parked.woken => {
                     // Whoever woke us already took the parked poll off the client.
                     guard.armed = false;
-                    match woken {
-                        Ok(Wake::Events | Wake::Presence) => continue,
-                        Ok(Wake::Superseded | Wake::ShuttingDown) => return Ok(empty_poll_body(cursor)),
+                    let answer = match woken {
+                        Ok(Wake::Events) => {
+                            woken_for_events = true;
+                            continue;
+                        }
+                        Ok(Wake::Presence) => continue,
+                        Ok(Wake::Superseded) => PollAnswer::Superseded,
+                        Ok(Wake::ShuttingDown) => PollAnswer::Shutdown,
                         Ok(Wake::ClientGone) | Err(_) => return Err(Refusal::UnknownClient),
-                    }
+                    };
+                    metrics.poll_answered(answer);
+                    return Ok(empty_poll_body(cursor));
                 }
                 _ = tokio::time::sleep_until(wake_at) => {
                     drop(guard); // unparks: the client is idle from now
                     if !coalescing {
+                        metrics.poll_answered(PollAnswer::Timeout);
                         return Ok(empty_poll_body(cursor));
                     }
                     // The window (or the poll) ended with presence held back:
@@ -153,11 +171,8 @@ impl Hub {
         {
             Read::Events { first_seq, events } => {
                 let last = first_seq + events.len() as u64 - 1;
-                Ok(ReadOrPark::Ready(write_poll_body(
-                    last,
-                    first_seq,
-                    events.into_iter(),
-                )))
+                let body = write_poll_body(last, first_seq, events.into_iter());
+                Ok(ReadOrPark::Ready(body, PollAnswer::Events))
             }
             Read::UpToDate if may_park && !shutting_down => {
                 let parked = clients
@@ -171,11 +186,20 @@ impl Hub {
                     coalescing,
                 }));
             }
-            Read::UpToDate => Ok(ReadOrPark::Ready(empty_poll_body(cursor))),
-            Read::Expired { oldest_cursor } => Err(Refusal::CursorExpired {
-                cursor,
-                oldest_cursor,
-            }),
+            Read::UpToDate => {
+                let how = match shutting_down {
+                    true => PollAnswer::Shutdown,
+                    false => PollAnswer::Timeout,
+                };
+                Ok(ReadOrPark::Ready(empty_poll_body(cursor), how))
+            }
+            Read::Expired { oldest_cursor } => {
+                self.shared.metrics.cursor_expired();
+                Err(Refusal::CursorExpired {
+                    cursor,
+                    oldest_cursor,
+                })
+            }
             Read::Ahead { head } => Err(Refusal::CursorAhead { cursor, head }),
         };
         // The poll ends now: the inactivity countdown starts over.

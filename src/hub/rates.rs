@@ -18,6 +18,7 @@ use super::locks::SHARDS;
 use super::{HubResult, Limited, Refusal};
 use crate::config::SignupMode;
 use crate::limits::{Limiter, Limits};
+use crate::metrics::Metrics;
 
 pub(super) struct Rates {
     signup: SignupMode,
@@ -31,10 +32,12 @@ pub(super) struct Rates {
     rooms: Limiter<String>,
     /// Messages by sender, one limiter per shard of the sender.
     sends: Box<[Limiter<String>]>,
+    /// Counts each refusal (`parlor_rate_limited_total`).
+    metrics: Metrics,
 }
 
 impl Rates {
-    pub(super) fn new(limits: &Limits) -> Rates {
+    pub(super) fn new(limits: &Limits, metrics: Metrics) -> Rates {
         Rates {
             signup: limits.signup,
             signups: Limiter::new(limits.signups_per_ip),
@@ -42,6 +45,7 @@ impl Rates {
             statuses: Limiter::new(limits.status_changes),
             rooms: Limiter::new(limits.room_creations),
             sends: (0..SHARDS).map(|_| Limiter::new(limits.sends)).collect(),
+            metrics,
         }
     }
 
@@ -53,7 +57,7 @@ impl Rates {
             });
         }
         let taken = self.signups.take(&client, Instant::now());
-        taken.map_err(limited(Limited::Signups))
+        taken.map_err(self.limited(Limited::Signups))
     }
 
     /// Whether `client` may try a password for `name` now: not after too
@@ -61,7 +65,7 @@ impl Rates {
     pub(super) fn password_try(&self, name: &str, client: IpAddr) -> HubResult<()> {
         let key = (name.to_owned(), client);
         let checked = self.wrong_passwords.check(&key, Instant::now());
-        checked.map_err(limited(Limited::WrongPasswords))
+        checked.map_err(self.limited(Limited::WrongPasswords))
     }
 
     /// Counts a wrong password from `client` for `name`.
@@ -75,22 +79,28 @@ impl Rates {
     /// Whether client process `client` may call /status now.
     pub(super) fn status_change(&self, client: u64) -> HubResult<()> {
         let taken = self.statuses.take(&client, Instant::now());
-        taken.map_err(limited(Limited::StatusChanges))
+        taken.map_err(self.limited(Limited::StatusChanges))
     }
 
     /// Whether `user` may create a room now.
     pub(super) fn room_creation(&self, user: &str) -> HubResult<()> {
         let taken = self.rooms.take(user, Instant::now());
-        taken.map_err(limited(Limited::RoomCreations))
+        taken.map_err(self.limited(Limited::RoomCreations))
     }
 
     /// Whether `user`, of shard `shard`, may send a message now.
     pub(super) fn send(&self, shard: usize, user: &str) -> HubResult<()> {
         let taken = self.sends[shard % SHARDS].take(user, Instant::now());
-        taken.map_err(limited(Limited::Sends))
+        taken.map_err(self.limited(Limited::Sends))
     }
 }
 
-fn limited(limited: Limited) -> impl Fn(Duration) -> Refusal {
-    move |wait| Refusal::RateLimited { limited, wait }
+impl Rates {
+    /// The refusal of a request `limited` turned down, counted.
+    fn limited(&self, limited: Limited) -> impl Fn(Duration) -> Refusal + '_ {
+        move |wait| {
+            self.metrics.rate_limited(limited.into());
+            Refusal::RateLimited { limited, wait }
+        }
+    }
 }

@@ -89,6 +89,7 @@ impl Hub {
             // Numbered with the members' shards held: any two messages of
             // one conversation reach every member in id order.
             let id = self.shared.last_message_id.fetch_add(1, Ordering::Relaxed) + 1;
+            self.shared.metrics.message();
             let message = Message {
                 id,
                 conversation: conversation.to_owned(),

@@ -156,6 +156,7 @@ impl Hub {
             tracing::debug!(count = expired.len(), "sweeping inactive clients");
         }
         for client in expired {
+            self.shared.metrics.swept_client();
             locked.close_client(client, now);
         }
         locked.flush(Committer::Store);

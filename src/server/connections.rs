@@ -183,6 +183,11 @@ impl Connections {
         None
     }
 
+    /// How many connections are open (for the metrics scrape).
+    pub(super) fn open(&self) -> usize {
+        self.lock().entries.len()
+    }
+
     /// Tells every connection to close (shutdown): idle ones close at once,
     /// busy ones after their answer.
     pub(super) fn close_all(&self) {

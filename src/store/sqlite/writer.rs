@@ -274,6 +274,7 @@ impl Writer {
         if batch.is_empty() {
             return true;
         }
+        let started = Instant::now();
         let writes = || batch.iter().map(|queued| queued.job.write());
         let written = match write_batch(connection, writes(), false) {
             // One write's own fault: try again with each write apart, so
@@ -307,6 +308,7 @@ impl Writer {
             tracing::info!("store commits succeed again");
         }
         let batch: Vec<Job> = batch.into_iter().map(|queued| queued.job).collect();
+        crate::metrics::STORE.committed(started.elapsed(), batch.len());
         if batch.iter().any(|job| {
             matches!(job, Job::Submit { changes, .. } if changes.iter().any(|change| {
                 matches!(change, Change::MailboxWindow { .. } | Change::MailboxClosed { .. })
