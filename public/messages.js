@@ -246,7 +246,13 @@
         return;
       }
       if (P.isTransient(err) || err.code === 'unknown_client') {
-        P.setText(item.stateNode, 'waiting for connection\u2026');
+        var tooFast = err.code === 'rate_limited';
+        if (tooFast && S.sendAttempt === 0) {
+          P.showNotice('You are sending faster than the server allows: your messages will go ' +
+            'out in a moment.', 'warn');
+        }
+        P.setText(item.stateNode, tooFast ? 'sending too fast, will retry\u2026'
+          : 'waiting for connection\u2026');
         P.addClass(item.node, 'waiting');
         if (err.code === 'unknown_client' && token === S.token && S.stage !== 'rejoin' &&
             P.tabs.mayRejoin()) {
@@ -257,11 +263,13 @@
           return;
         }
         if (token !== S.token) { flushOutbox(); return; } // sent with an old token: retry at once
+        // The same client_msg_id goes again, after the server's
+        // Retry-After when it gave one: a retry is never a second message.
         S.sendTimer = setTimeout(function () {
           if (!alive(S)) { return; }
           S.sendTimer = null;
           flushOutbox();
-        }, P.backoffDelay(S.sendAttempt++));
+        }, Math.max(P.backoffDelay(S.sendAttempt++), err.retryAfterMs || 0));
         return;
       }
       // A real refusal (too long, not a member any more...): give the text

@@ -89,7 +89,8 @@
         finish({
           status: status,
           code: (data && data.error) || 'http_' + status,
-          message: (data && data.message) || 'The server answered ' + status + '.'
+          message: (data && data.message) || 'The server answered ' + status + '.',
+          retryAfterMs: retryAfterMs(xhr)
         });
       }
     };
@@ -121,6 +122,13 @@
    * Failures worth retrying unchanged: the network, a timeout, the server
    * or a proxy in trouble. Everything else is an answer to act on.
    */
+  /** A 429's or 503's `Retry-After` (seconds) in ms; 0 when absent. */
+  function retryAfterMs(xhr) {
+    var seconds = 0;
+    try { seconds = parseInt(xhr.getResponseHeader('Retry-After'), 10); } catch (e) { seconds = 0; }
+    return seconds > 0 ? seconds * 1000 : 0;
+  }
+
   function isTransient(err) {
     return err.status === 0 || err.status >= 500 || err.status === 408 || err.status === 429;
   }

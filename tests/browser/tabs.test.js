@@ -4,6 +4,7 @@
 // one parked poll however many tabs it has open.
 
 const { describe, it, before, after } = require('node:test');
+const http = require('node:http');
 const assert = require('node:assert/strict');
 const {
   launchBrowser, world, login, waitForTexts, say, messages, eventually, WAIT_MS,
@@ -43,6 +44,35 @@ function countPolls(context) {
     max: () => max,
     resetMax() { max = inflight.size; },
   };
+}
+
+/**
+ * What the server itself counts: `parlor_parked_polls` from its metrics
+ * listener (the server was started with `--metrics-listen 127.0.0.1:0`).
+ */
+async function parkedAtServer(server) {
+  const m = /serving metrics at \/metrics address=(\S+)/.exec(server.log());
+  assert.ok(m, 'the server announces its metrics address');
+  const text = await new Promise((resolve, reject) => {
+    http.get(`http://${m[1]}/metrics`, (res) => {
+      let body = '';
+      res.on('data', (chunk) => { body += chunk; });
+      res.on('end', () => resolve(body));
+    }).on('error', reject);
+  });
+  const line = /^parlor_parked_polls (\d+)$/m.exec(text);
+  assert.ok(line, `parlor_parked_polls in ${text.slice(0, 200)}`);
+  return Number(line[1]);
+}
+
+/** Waits until the server holds exactly `n` parked polls. */
+async function serverParks(server, n, what) {
+  let seen = -1;
+  try {
+    await eventually(what, async () => { seen = await parkedAtServer(server); return seen === n; });
+  } catch (err) {
+    throw new Error(`${err.message} (the server holds ${seen} parked polls)`);
+  }
 }
 
 /** Another tab of person `p` (same browser context); it resumes the shared session. */
@@ -94,7 +124,7 @@ describe('tabs of one browser share one poll', () => {
 
   const inWorld = (body) => world.run(browser, body);
 
-  it('8 tabs: one poll, every message once and in order, the leader closes, a late tab catches up, logout', () => inWorld(async (w) => {
+  it('8 tabs: one poll, every message once and in order, the leader closes, a late tab catches up, logout', () => world.run(browser, async (w) => {
     const url = w.server.url;
     const { person: alice, polls, tabs } = await signedInTabs(w, 'alice', 'pw-a', 8);
     await oneLeader('one leader and one parked poll among 8 tabs', tabs, polls);
@@ -102,6 +132,7 @@ describe('tabs of one browser share one poll', () => {
     // bob, in a browser of his own with two tabs, has a leader of his own.
     const { person: bob, polls: bobPolls, tabs: bobTabs } = await signedInTabs(w, 'bob', 'pw-b', 2);
     await oneLeader('bob has one leader and one parked poll', bobTabs, bobPolls);
+    await serverParks(w.server, 2, 'the server holds one poll per browser, not one per tab');
 
     polls.resetMax();
     const expected = [];
@@ -117,6 +148,7 @@ describe('tabs of one browser share one poll', () => {
     for (const page of [...tabs, ...bobTabs]) { await waitForTexts(page, 'lobby', expected); }
     assert.equal(polls.max(), 1, 'never more than one poll of alice\'s browser in flight');
     assert.equal(polls.inflight(), 1);
+    await serverParks(w.server, 2, 'still one parked poll per browser while messages flow');
 
     // The leader closes: another tab takes over and nothing is lost or doubled.
     const flags = await Promise.all(tabs.map((page) => page.evaluate(() => window.parlor.tabs.isLeader())));
@@ -141,17 +173,19 @@ describe('tabs of one browser share one poll', () => {
     const ids = (await messages(late, 'lobby')).map((m) => Number(m.id));
     assert.equal(new Set(ids).size, ids.length, 'no message shown twice');
     await oneLeader('still one leader', [...rest, late], polls);
+    await serverParks(w.server, 2, 'one parked poll per browser after the hand-over');
 
     // Logging out in one tab logs out every tab of the browser.
     await rest[0].click('#logout');
     for (const page of [...rest, late]) { await page.waitForSelector('body.at-login'); }
     await bob.page.waitForSelector('#user-list li[data-user="alice"]', { state: 'detached' });
     await eventually('alice\'s browser polls no more', () => polls.inflight() === 0);
+    await serverParks(w.server, 1, 'only bob\'s browser polls');
     // The token is gone from storage; the password was never there.
     const stored = await late.evaluate(() => JSON.stringify(Object.keys(localStorage)
       .map((k) => localStorage.getItem(k))));
     assert.ok(!stored.includes('pw-a') && !stored.includes('"token"'), `storage after logout: ${stored}`);
-  }));
+  }, { extraArgs: ['--metrics-listen', '127.0.0.1:0'] }));
 
   it('10 tabs of one person in one browser can each send and receive', () => inWorld(async (w) => {
     const { polls, tabs } = await signedInTabs(w, 'alice', 'pw-a', 10);
