@@ -273,12 +273,14 @@ impl Store for SqliteStore {
                 })
                 .map_err(|e| StoreError::new("cannot look up a sent message", e))
         };
-        let writer = self.writer.clone();
-        self.readers
-            .run(move |reader| match writer.try_read(&find) {
-                Some(found) => found,
-                None => find(reader),
-            })
+        // Inline when the write connection is free: its cache is current,
+        // so the probe is two index look-ups in memory, and a hop to a
+        // reader thread and back would cost more than the read. A busy
+        // writer (a commit, a checkpoint) sends it to the readers instead.
+        if let Some(found) = self.writer.try_read(&find) {
+            return Reply::ready(found);
+        }
+        self.readers.run(move |reader| find(reader))
     }
 
     fn history(
