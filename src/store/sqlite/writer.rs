@@ -28,7 +28,9 @@
 //! it, tens of ms, would delay every send queued behind it), then finishes on
 //! the write connection, holding it only for the frames appended meanwhile,
 //! so that the checkpoint completes and the WAL starts over rather than
-//! grow.
+//! grow. Should the writer thread not get the CPU for that long, the
+//! committer that reaches `CHECKPOINT_BACKSTOP_COMMITS` checkpoints itself,
+//! so the WAL stays bounded however the threads are scheduled.
 //!
 //! Failure: a write that fails for a reason of its own (a constraint, see
 //! `apply::is_fault_of_the_write`) is rejected alone and the batch commits
@@ -81,6 +83,11 @@ const SHUTDOWN_RETRY_LIMIT: Duration = Duration::from_secs(5);
 /// Checkpoint after this many commits (a commit is a few WAL pages; SQLite's
 /// own default is every 1 000 pages).
 const CHECKPOINT_EVERY_COMMITS: u32 = 256;
+/// A committer that finds this many commits since the last checkpoint
+/// checkpoints itself, holding the write connection: the writer thread is
+/// not getting the CPU (a starved or overloaded host), and without this the
+/// WAL would grow for as long as that lasts.
+const CHECKPOINT_BACKSTOP_COMMITS: u32 = 2 * CHECKPOINT_EVERY_COMMITS;
 /// Passes of the concurrent checkpoint at most, each copying what commits
 /// appended during the one before...
 const CHECKPOINT_PASSES: usize = 3;
@@ -354,6 +361,9 @@ impl Writer {
             let mut queue = self.queue();
             queue.wake_writer = true;
             self.work.notify_one();
+        } else if commits >= CHECKPOINT_BACKSTOP_COMMITS {
+            self.commits_since_checkpoint.store(0, Ordering::Relaxed);
+            passive_checkpoint(connection);
         }
         true
     }
