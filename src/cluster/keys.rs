@@ -30,6 +30,7 @@
 //! | `lobbylog` | ZSET | lobby message id → message event JSON **without** `seq` (`{"type":"message",...}`) | `LOBBY_LOG_CAPACITY` |
 //! | `lobbytrim` | STRING | the highest lobby message id dropped from `lobbylog` | — |
 //! | `cmid:{NAME}:ID` | STRING | a /send's answer JSON for `client_msg_id` ID | TTL `CLIENT_MSG_ID_TTL_SECS` |
+//! | `srate:{NAME}`, `rrate:{NAME}` | STRING | when the user's send / room-creation bucket is full again (µs, Redis `TIME`) | TTL: until then |
 //!
 //! Channel `parlor:wake` carries wake-ups (see `wake`): `u NAME` (the
 //! user's mailbox changed), `b` (the lobby log or the presence board
@@ -82,6 +83,8 @@ named_keys! {
     user_dialogs, "udialogs", "udialogs:{", "}";
     user_rooms, "urooms", "urooms:{", "}";
     history, "hist", "hist:{", "}";
+    send_rate, "srate", "srate:{", "}";
+    room_rate, "rrate", "rrate:{", "}";
 }
 
 /// The keys with no name in them, as (Rust constant, Lua variable).

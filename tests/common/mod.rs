@@ -303,7 +303,9 @@ pub fn cluster_config(mut config: Config, url: &str) -> Config {
 
 /// Opens a cluster node (connecting to its Redis).
 async fn open_node(config: Config) -> Server {
-    Server::open(config).unwrap()
+    Server::connect(config)
+        .await
+        .unwrap_or_else(|error| panic!("a cluster node does not start: {error}"))
 }
 
 /// One client process (a tab) with its own cursor.
