@@ -123,8 +123,10 @@ impl TestServer {
     }
 
     /// A server with `config`; in cluster mode, a Redis and
-    /// `PARLOR_TEST_CLUSTER` nodes with `config` pointed at it (its
-    /// `--data-dir` or `--ephemeral` ignored).
+    /// `PARLOR_TEST_CLUSTER` nodes with `config` pointed at it. A durable
+    /// `config` (not `--ephemeral`) keeps that Redis's files in
+    /// `DATA_DIR/redis`, so a test that starts a server again on the same
+    /// directory finds its state again in both modes.
     pub async fn start_with(config: Config) -> TestServer {
         let count = cluster_nodes();
         if count == 0 {
@@ -139,7 +141,11 @@ impl TestServer {
                 redis: None,
             };
         }
-        let redis = redis::RedisServer::start();
+        let redis = if config.ephemeral {
+            redis::RedisServer::start()
+        } else {
+            redis::RedisServer::start_in(&config.data_dir.join("redis"))
+        };
         let config = cluster_config(config, &redis.url());
         let mut addrs = Vec::new();
         let mut nodes = Vec::new();

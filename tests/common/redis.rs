@@ -20,6 +20,8 @@ const SYSTEM_REDIS_PORT: u16 = 6379;
 pub struct RedisServer {
     port: u16,
     dir: PathBuf,
+    /// Whether the directory is this server's own, removed on drop.
+    owns_dir: bool,
     process: Option<Child>,
 }
 
@@ -61,11 +63,23 @@ impl RedisServer {
     /// Starts a Redis with an empty directory and waits until it answers
     /// PING. Retries on another port if the chosen one was taken meanwhile.
     pub fn start() -> RedisServer {
+        RedisServer::start_with_dir(None)
+    }
+
+    /// Starts a Redis on `dir`, created if missing and kept on drop: a
+    /// later Redis started on it finds what this one wrote (its AOF).
+    pub fn start_in(dir: &Path) -> RedisServer {
+        std::fs::create_dir_all(dir).expect("redis directory");
+        RedisServer::start_with_dir(Some(dir))
+    }
+
+    fn start_with_dir(dir: Option<&Path>) -> RedisServer {
         let mut last_failure = String::new();
         for _ in 0..5 {
             let mut server = RedisServer {
                 port: free_port(),
-                dir: fresh_dir(),
+                dir: dir.map_or_else(fresh_dir, Path::to_path_buf),
+                owns_dir: dir.is_none(),
                 process: None,
             };
             match server.spawn() {
@@ -242,6 +256,8 @@ fn reply_end(buffer: &[u8], at: usize) -> Option<usize> {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
