@@ -20,6 +20,8 @@
 //! | `pver` | STRING | presence board version counter | — |
 //! | `pboard` | HASH | NAME → `VERSION:STATUS` (status may be `offline`) | one per user seen online; offline entries every mailbox has seen are pruned |
 //! | `pchanges` | ZSET | NAME → VERSION of the user's newest change | as `pboard` |
+//! | `poffline` | ZSET | NAME → VERSION of users whose board entry is `offline` (pruned from the board once every mailbox copied it) | as `pboard` |
+//! | `mseen` | ZSET | NAME → the presence version NAME's mailbox copied up to (`pseen`), so the sweeper finds the oldest | one per online user |
 //! | `mbox:{NAME}` | LIST | events of an online user, JSON with `seq`, oldest first | `MAILBOX_CAPACITY`; deleted when the user goes offline |
 //! | `mmeta:{NAME}` | HASH | `start` (seq of the newest dropped event), `head` (newest seq), `pseen` (presence version copied), `lseen` (lobby message id copied), `epoch` | as `mbox` |
 //! | `rooms` | SET | room names | `MAX_ROOMS` |
@@ -109,6 +111,8 @@ fixed_keys! {
     ROOMS, "K_ROOMS", "rooms";
     LOBBY_LOG, "K_LOBBYLOG", "lobbylog";
     LOBBY_TRIMMED, "K_LOBBYTRIM", "lobbytrim";
+    MAILBOX_SEEN, "K_MSEEN", "mseen";
+    PRESENCE_OFFLINE, "K_POFFLINE", "poffline";
 }
 
 /// `parlor:cmid:{NAME}:ID`: the answer of `name`'s /send with
@@ -116,6 +120,19 @@ fixed_keys! {
 /// hash tag).
 pub fn client_msg_id(name: &str, id: &str) -> String {
     format!("{PREFIX}cmid:{{{name}}}:{id}")
+}
+
+/// The hex SHA-256 of a client token: what `tok:{...}` and `clients:{...}`
+/// hold (Redis never sees a usable token).
+pub fn token_sha(token: &str) -> String {
+    use std::fmt::Write;
+    let hash = crate::auth::TokenHash::of(token);
+    hash.as_bytes()
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
 }
 
 /// The member of `deadlines` for one client process: `NAME\0CLIENT`.

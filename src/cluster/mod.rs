@@ -25,16 +25,17 @@
 //! runs on them. Clocks: every timestamp and deadline comes from Redis's
 //! `TIME` inside a script; nodes' clocks are never compared.
 
+#[macro_use]
+pub mod scripts;
 mod conversations;
 pub mod keys;
 mod membership;
 mod poll;
-pub mod scripts;
 mod send;
 mod sweeper;
 pub mod wake;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -42,6 +43,8 @@ use tokio::sync::watch;
 
 use crate::auth::PasswordHasherPool;
 use crate::config::RedisUrl;
+use crate::hub::online::OnlineSnapshot;
+use crate::hub::rates::Rates;
 use crate::hub::HubConfig;
 use crate::limits::Limits;
 use crate::metrics::{Gauges, Metrics};
@@ -73,7 +76,12 @@ struct Shared {
     wakes: Arc<WakeTable>,
     config: HubConfig,
     hasher: PasswordHasherPool,
-    limits: Limits,
+    /// This node's rate limits (per node: a client spread over N nodes by
+    /// a balancer gets up to N times each limit).
+    rates: Rates,
+    /// The online users as /join, /sync and /users answer them, by the
+    /// presence version they were read at (see `membership`).
+    online: Mutex<Option<(u64, Arc<OnlineSnapshot>)>>,
     metrics: Metrics,
 }
 
@@ -123,6 +131,7 @@ impl Cluster {
             .await
             .map_err(|_| format!("Redis at {shown_url} does not run parlor's scripts"))?;
         tracing::info!(url = %shown_url, "connected to Redis: cluster mode");
+        let metrics = Metrics::default();
         Ok(Cluster {
             shared: Arc::new(Shared {
                 redis,
@@ -136,8 +145,9 @@ impl Cluster {
                     limits.hash_wait,
                 ),
                 config,
-                limits,
-                metrics: Metrics::default(),
+                rates: Rates::new(&limits, metrics.clone()),
+                online: Mutex::new(None),
+                metrics,
             }),
         })
     }
@@ -193,8 +203,14 @@ impl Cluster {
         self.shared.wakes.shut_down();
     }
 
+    /// The command connection (for `scripts::run`).
     fn redis(&self) -> &ConnectionManager {
         &self.shared.redis
+    }
+
+    /// This node's rate limits.
+    fn rates(&self) -> &Rates {
+        &self.shared.rates
     }
 }
 

@@ -12,7 +12,6 @@
 //! `Refusal` single-node answers with. Every Redis error or timeout becomes
 //! `Refusal::StoreUnavailable` (HTTP 503 `store_unavailable`).
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -50,12 +49,22 @@ impl ClusterScript {
     }
 }
 
-/// Declares a script from `scripts/FILE.lua`.
+/// Declares a script from `src/cluster/scripts/FILE.lua` (usable in any
+/// module of `cluster`: `script!(SEND, "send");`).
 macro_rules! script {
     ($static:ident, $file:literal) => {
-        pub static $static: LazyLock<ClusterScript> = LazyLock::new(|| {
-            ClusterScript::new($file, include_str!(concat!("scripts/", $file, ".lua")))
-        });
+        pub(crate) static $static: std::sync::LazyLock<$crate::cluster::scripts::ClusterScript> =
+            std::sync::LazyLock::new(|| {
+                $crate::cluster::scripts::ClusterScript::new(
+                    $file,
+                    include_str!(concat!(
+                        env!("CARGO_MANIFEST_DIR"),
+                        "/src/cluster/scripts/",
+                        $file,
+                        ".lua"
+                    )),
+                )
+            });
     };
 }
 

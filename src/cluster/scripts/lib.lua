@@ -106,6 +106,11 @@ local function set_presence(user, status)
   local version = redis.call('INCR', K_PVER)
   redis.call('HSET', K_PBOARD, user, int(version) .. ':' .. status)
   redis.call('ZADD', K_PCHANGES, version, user)
+  if status == 'offline' then
+    redis.call('ZADD', K_POFFLINE, version, user)
+  else
+    redis.call('ZREM', K_POFFLINE, user)
+  end
   return true
 end
 
@@ -137,4 +142,107 @@ end
 -- dialog ids add ':'; nothing to escape).
 local function quote(name)
   return '"' .. name .. '"'
+end
+
+-- A token's client process: user, client id, poll generation and the
+-- epoch of the mailbox it was opened on; nil when the token is unknown.
+local function client_of(sha)
+  local found = redis.call('HMGET', k_tok(sha), 'user', 'client', 'gen', 'epoch')
+  if not found[1] then
+    return nil
+  end
+  return { user = found[1], client = found[2], gen = tonumber(found[3]), epoch = found[4] }
+end
+
+-- A new mailbox epoch: Redis's clock in microseconds, so that a mailbox
+-- made again after Redis lost data never reuses one (a counter could go
+-- back with the data).
+local function new_epoch()
+  local now = redis.call('TIME')
+  return now[1] .. string.format('%06d', tonumber(now[2]))
+end
+
+-- Opens the user's mailbox if there is none: the user comes online (the
+-- `online` hash, presence online on the board, every poll woken). The
+-- mailbox starts after everything already on the presence board and in the
+-- lobby log. Returns the mailbox's epoch.
+local function open_mailbox(user)
+  local meta = k_mmeta(user)
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if epoch then
+    return epoch
+  end
+  epoch = new_epoch()
+  local pver = redis.call('GET', K_PVER) or '0'
+  local lseen = redis.call('GET', K_MSGID) or '0'
+  redis.call('HSET', meta, 'start', 0, 'head', 0, 'bytes', 0, 'pseen', pver,
+    'lseen', lseen, 'epoch', epoch)
+  redis.call('ZADD', K_MSEEN, pver, user)
+  redis.call('HSET', K_ONLINE, user, 'online')
+  set_presence(user, 'online')
+  wake_all()
+  return epoch
+end
+
+-- The user goes offline (its last client process closed): each dialog is
+-- torn down (the other member is told, conversation_removed with reason
+-- user_offline), presence offline, and its mailbox deleted.
+local function close_user(user)
+  local dialogs = redis.call('SMEMBERS', k_udialogs(user))
+  for _, dialog in ipairs(dialogs) do
+    local removed = '{"type":"conversation_removed","conversation":' .. quote(dialog)
+      .. ',"reason":"user_offline"}'
+    for _, member in ipairs(redis.call('SMEMBERS', k_members(dialog))) do
+      if member ~= user then
+        redis.call('SREM', k_udialogs(member), dialog)
+        append_event(member, removed)
+      end
+    end
+    redis.call('DEL', k_members(dialog))
+  end
+  redis.call('DEL', k_udialogs(user), k_mbox(user), k_mmeta(user), k_clients(user), k_acks(user))
+  redis.call('ZREM', K_MSEEN, user)
+  redis.call('HDEL', K_ONLINE, user)
+  set_presence(user, 'offline')
+  wake_all()
+end
+
+-- Closes one client process (its token, its entries, its deadline); with
+-- the user's last one, the user goes offline. Its parked polls, on any
+-- node, re-read and find the token gone. Returns true when the user went
+-- offline.
+local function close_client(user, client, sha)
+  if sha then
+    redis.call('DEL', k_tok(sha))
+  end
+  redis.call('HDEL', k_clients(user), client)
+  redis.call('HDEL', k_acks(user), client)
+  redis.call('ZREM', K_DEADLINES, user .. '\0' .. client)
+  wake_user(user)
+  if redis.call('HLEN', k_clients(user)) == 0 then
+    close_user(user)
+    return true
+  end
+  return false
+end
+
+-- The session part of a /join or /sync answer that lives in Redis:
+-- {head, presence version, rooms, dialogs}, each conversation as {id,
+-- member...}. (The online users come from online_snapshot, cached by
+-- presence version on each node.)
+local function session_of(user)
+  local head = tonumber(redis.call('HGET', k_mmeta(user), 'head'))
+  local rooms = {}
+  for _, room in ipairs(redis.call('SMEMBERS', k_urooms(user))) do
+    local conversation = redis.call('SMEMBERS', k_members(room))
+    table.insert(conversation, 1, room)
+    table.insert(rooms, conversation)
+  end
+  local dialogs = {}
+  for _, dialog in ipairs(redis.call('SMEMBERS', k_udialogs(user))) do
+    local conversation = redis.call('SMEMBERS', k_members(dialog))
+    table.insert(conversation, 1, dialog)
+    table.insert(dialogs, conversation)
+  end
+  return { head, tonumber(redis.call('GET', K_PVER) or '0'), rooms, dialogs }
 end
