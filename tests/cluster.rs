@@ -565,7 +565,23 @@ async fn redis_back_empty_answers_401_and_a_rejoin_works() {
     assert_eq!(refused.status, 401, "{}", refused.text);
     assert_eq!(refused.code(), "unknown_client");
 
-    let mut again = Client::join(first.addr, "ann").await;
+    // The other node may answer 503 until it has reconnected too.
+    let rejoined = eventually("ann joins again", || async {
+        let answer = post(
+            first.addr,
+            "/join",
+            &[("name", "ann"), ("password", "pw-ann")],
+        )
+        .await;
+        (answer.status != 503).then_some(answer)
+    })
+    .await;
+    assert_eq!(rejoined.status, 200, "{}", rejoined.text);
+    let mut again = Client {
+        name: "ann".into(),
+        token: rejoined.json["token"].as_str().expect("a token").to_owned(),
+        cursor: rejoined.json["cursor"].as_u64().expect("a cursor"),
+    };
     assert_eq!(again.send(second.addr, "lobby", "after").await.status, 200);
     assert_eq!(texts(&again.read_all(first.addr).await), ["after"]);
 }

@@ -10,7 +10,8 @@
 use std::sync::LazyLock;
 
 use super::scripts::{self, Args, ClusterScript};
-use super::send::{rate_args, token_sha};
+use super::keys::token_sha;
+use super::send::rate_args;
 use super::Cluster;
 use crate::conversation::{Conversation, LOBBY};
 use crate::event::Event;

@@ -79,6 +79,9 @@ struct Shared {
     /// This node's rate limits (per node: a client spread over N nodes by
     /// a balancer gets up to N times each limit).
     rates: Rates,
+    /// The limits' policy. Sends and room creations are limited in Redis
+    /// (lib.lua's `take_rate`), by these rates, across every node.
+    limits: Limits,
     /// The online users as /join, /sync and /users answer them, by the
     /// presence version they were read at (see `membership`).
     online: Mutex<Option<(u64, Arc<OnlineSnapshot>)>>,
@@ -146,6 +149,7 @@ impl Cluster {
                 ),
                 config,
                 rates: Rates::new(&limits, metrics.clone()),
+                limits,
                 online: Mutex::new(None),
                 metrics,
             }),

@@ -17,9 +17,8 @@
 use std::sync::LazyLock;
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
-use super::keys;
+use super::keys::token_sha;
 use super::scripts::{self, Args, ClusterScript};
 use super::Cluster;
 use crate::config::{
@@ -145,18 +144,6 @@ pub(super) fn rate_args(rate: Option<Rate>) -> (u64, u32) {
     })
 }
 
-/// The token's SHA-256 in hex, as `tok:{...}` keys name it.
-pub(super) fn token_sha(token: &str) -> String {
-    use std::fmt::Write;
-    let digest = Sha256::digest(token.as_bytes());
-    let mut hex = String::with_capacity(64);
-    for byte in digest {
-        let _ = write!(hex, "{byte:02x}");
-    }
-    debug_assert_eq!(keys::token(&hex).len(), "parlor:tok:{}".len() + 64);
-    hex
-}
-
 /// `text` as a JSON string literal, spliced by the scripts into the
 /// message's JSON exactly as serde would write it.
 fn json_string(text: &str) -> String {
@@ -179,13 +166,5 @@ mod tests {
         assert_eq!(rate_args(Rate::per_second(20, 5)), (50_000, 5));
         let hourly = Rate::per(20, Duration::from_secs(3600));
         assert_eq!(rate_args(hourly), (180_000_000, 20));
-    }
-
-    #[test]
-    fn token_keys_use_the_hex_digest() {
-        assert_eq!(
-            token_sha("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
     }
 }
