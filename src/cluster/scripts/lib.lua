@@ -75,6 +75,57 @@ local function append_event(user, body)
   return seq
 end
 
+-- Copies into the user's mailbox, which must exist, up to `limit` lobby
+-- messages it has not copied yet (those after its lseen), in id order. If
+-- the log dropped some it had not copied, they count as one dropped event:
+-- every cursor up to now expires, as when a mailbox overflows. Returns the
+-- mailbox's head and lseen.
+local function copy_lobby(user, limit)
+  local meta = k_mmeta(user)
+  local m = redis.call('HMGET', meta, 'head', 'lseen')
+  local head, lseen = tonumber(m[1]), tonumber(m[2])
+  local trimmed = tonumber(redis.call('GET', K_LOBBYTRIM) or '0')
+  if trimmed > lseen then
+    redis.call('DEL', k_mbox(user))
+    head = head + 1
+    lseen = trimmed
+    redis.call('HSET', meta, 'start', head, 'head', head, 'bytes', 0, 'lseen', lseen)
+  end
+  local lobby = redis.call('ZRANGEBYSCORE', K_LOBBYLOG, '(' .. int(lseen), '+inf',
+    'WITHSCORES', 'LIMIT', 0, limit)
+  for index = 1, #lobby, 2 do
+    head = push_event(user, lobby[index])
+    lseen = tonumber(lobby[index + 1])
+  end
+  if #lobby > 0 then
+    redis.call('HSET', meta, 'lseen', int(lseen))
+  end
+  return head, lseen
+end
+
+-- Appends a message event to an online user's mailbox after the lobby
+-- messages it has not copied yet, so that every mailbox holds messages in
+-- id order (the order they were sent) across conversations, as
+-- single-node's do. The newest lobby id, `lobby_newest`, is read once by the
+-- caller: a mailbox that has copied it needs no look-up in the log.
+-- Returns the event's seq, or false when the user is offline.
+local function append_message(user, body, lobby_newest)
+  local lseen = redis.call('HGET', k_mmeta(user), 'lseen')
+  if not lseen then
+    return false
+  end
+  if tonumber(lseen) < lobby_newest then
+    copy_lobby(user, LOBBY_LOG_CAPACITY)
+  end
+  return append_event(user, body)
+end
+
+-- The id of the newest message in the lobby log (0 when it is empty).
+local function lobby_newest()
+  local newest = redis.call('ZRANGE', K_LOBBYLOG, -1, -1, 'WITHSCORES')
+  return tonumber(newest[2] or '0')
+end
+
 -- Adds lobby message `id` (its event JSON `body` without "seq") to the
 -- lobby log, which every online user's mailbox copies from at poll time,
 -- trims the log to LOBBY_LOG_CAPACITY (recording the highest id dropped in

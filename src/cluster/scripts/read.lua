@@ -38,30 +38,11 @@ if not m[5] or m[5] ~= found.epoch then
   redis.call('ZADD', K_DEADLINES, now + inactivity, deadline_member)
   return refuse('cursor_expired', cursor, tonumber(m[2] or '0'))
 end
-local start, head = tonumber(m[1]), tonumber(m[2])
-local pseen, lseen = tonumber(m[3]), tonumber(m[4])
+local pseen = tonumber(m[3])
 
--- Lobby messages after lseen. If the log dropped some this mailbox had
--- not copied, they count as one dropped event: every cursor up to now
--- expires, as when a mailbox overflows.
-local trimmed = tonumber(redis.call('GET', K_LOBBYTRIM) or '0')
-if trimmed > lseen then
-  redis.call('DEL', mbox)
-  head = head + 1
-  start = head
-  lseen = trimmed
-  redis.call('HSET', meta, 'start', start, 'head', head, 'bytes', 0, 'lseen', lseen)
-end
-local lobby = redis.call('ZRANGEBYSCORE', K_LOBBYLOG, '(' .. int(lseen), '+inf',
-  'WITHSCORES', 'LIMIT', 0, MAX_EVENTS_PER_POLL)
-for index = 1, #lobby, 2 do
-  head = push_event(user, lobby[index])
-  lseen = tonumber(lobby[index + 1])
-end
-if #lobby > 0 then
-  redis.call('HSET', meta, 'lseen', int(lseen))
-end
-start = tonumber(redis.call('HGET', meta, 'start'))
+-- Lobby messages after lseen (lib.lua's copy_lobby).
+local head, lseen = copy_lobby(user, MAX_EVENTS_PER_POLL)
+local start = tonumber(redis.call('HGET', meta, 'start'))
 
 -- Presence changes after pseen, coalesced by construction (one entry per
 -- user, with its newest status).

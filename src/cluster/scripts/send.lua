@@ -64,9 +64,12 @@ if conversation == 'lobby' then
   lobby_append(id, event)
 else
   -- A room's or dialog's online members (offline ones have no mailbox):
-  -- one append each, bounded by the conversation's size.
+  -- one append each, bounded by the conversation's size, after the lobby
+  -- messages the member's mailbox has not copied yet (so that it holds
+  -- every message in the order sent).
+  local newest = lobby_newest()
   for _, member in ipairs(redis.call('SMEMBERS', members_key)) do
-    append_event(member, event)
+    append_message(member, event, newest)
   end
 end
 
