@@ -282,7 +282,10 @@ end
 -- member...}. (The online users come from online_snapshot, cached by
 -- presence version on each node.)
 local function session_of(user)
-  local head = tonumber(redis.call('HGET', k_mmeta(user), 'head'))
+  -- The head counts every lobby message sent so far, as single-node's
+  -- does: a client that reloads history from here must not get older
+  -- lobby messages again through its mailbox.
+  local head = copy_lobby(user, LOBBY_LOG_CAPACITY)
   local rooms = {}
   for _, room in ipairs(redis.call('SMEMBERS', k_urooms(user))) do
     local conversation = redis.call('SMEMBERS', k_members(room))
