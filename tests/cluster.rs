@@ -78,11 +78,19 @@ impl Node {
             .unwrap_or_else(|| panic!("unexpected first line of stdout: {line:?}"))
             .parse()
             .unwrap_or_else(|error| panic!("no address in {line:?}: {error}"));
-        Node {
+        let node = Node {
             child,
             addr,
             _stdout: stdout,
-        }
+        };
+        // As a load balancer would: traffic once it has subscribed to
+        // wake-ups.
+        eventually("the node is healthy", || async {
+            let answer = request_to(addr, Method::GET, "/healthz", &[], Vec::new()).await;
+            (answer.status == 200).then_some(())
+        })
+        .await;
+        node
     }
 
     /// SIGKILL: the node gets no chance to tidy anything up.

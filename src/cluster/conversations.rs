@@ -9,8 +9,8 @@
 
 use std::sync::LazyLock;
 
-use super::scripts::{self, Args, ClusterScript};
 use super::keys::token_sha;
+use super::scripts::{self, Args, ClusterScript};
 use super::send::rate_args;
 use super::Cluster;
 use crate::conversation::{Conversation, LOBBY};

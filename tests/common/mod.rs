@@ -155,6 +155,9 @@ impl TestServer {
             addrs.push(addr);
             nodes.push(node);
         }
+        for addr in &addrs {
+            wait_until_healthy(*addr).await;
+        }
         TestServer {
             addr: addrs[0],
             addrs,
@@ -295,6 +298,25 @@ async fn serve(server: Server) -> (SocketAddr, Node) {
         task: Some(task),
     };
     (addr, node)
+}
+
+/// Waits until the node at `addr` answers /healthz 200, as a load balancer
+/// would before sending it traffic (a node has subscribed to wake-ups
+/// only a moment after it starts).
+async fn wait_until_healthy(addr: SocketAddr) {
+    let started = std::time::Instant::now();
+    loop {
+        let answer = request_to(addr, Method::GET, "/healthz", &[], Vec::new()).await;
+        if answer.status == 200 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "node {addr} is not healthy: {}",
+            answer.text
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// `config` as a cluster node on the Redis at `url`: no store of its own.
