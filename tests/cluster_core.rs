@@ -1,0 +1,582 @@
+//! Cluster mode's core across nodes: several in-process parlor nodes on one
+//! hermetic redis-server (its own port and directory, killed at the end).
+//! Join on one node and poll on another, wake-ups and supersede across
+//! nodes, presence, the exactly-once sweep, Redis going away and coming
+//! back (on its AOF, or empty), a mailbox lost under a surviving token,
+//! and a Redis that cannot be reached at start.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use parlor::client::{Conn, Target};
+use parlor::engine::Engine;
+use parlor::{Config, Server};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A redis-server of this test's own: a free port, a temp directory,
+/// AOF with fsync always; killed on drop.
+struct Redis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "parlor-cluster-core-{}-{}",
+            std::process::id(),
+            STARTED.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = Redis {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        redis.spawn();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (apt-get install redis-server)");
+        self.child = Some(child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and directory (its AOF).
+    fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Starts it again with nothing kept.
+    fn restart_empty(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::create_dir_all(&self.dir).unwrap();
+        self.spawn();
+    }
+
+    async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.url()).unwrap();
+        client.get_multiplexed_async_connection().await.unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+fn node_config(url: &str, inactivity: Duration) -> Config {
+    let mut config = Config::parse_from(["parlor", "--listen", "127.0.0.1:0", "--redis", url]);
+    config.poll_timeout = Duration::from_secs(5);
+    config.inactivity_timeout = inactivity;
+    config.argon2_memory_kib = 8;
+    config.argon2_iterations = 1;
+    config.signups_per_ip = 0;
+    config.send_rate = parlor::config::SendRate(0);
+    config
+}
+
+/// One parlor node in this process.
+struct Node {
+    addr: SocketAddr,
+    engine: Engine,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Node {
+    async fn start(redis: &Redis) -> Node {
+        Node::start_with(node_config(&redis.url(), Duration::from_secs(30))).await
+    }
+
+    async fn start_with(config: Config) -> Node {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = Server::connect(config).await.unwrap();
+        let engine = server.engine();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            server.run(listener, shutdown).await.unwrap();
+        });
+        let node = Node {
+            addr,
+            engine,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        // Subscribed to wake-ups before a test relies on them.
+        let started = Instant::now();
+        while node.get("/healthz", &[]).await.0 != 200 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "node not healthy"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        node
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+
+    async fn get(&self, path: &str, query: &[(&str, &str)]) -> (u16, Value) {
+        let uri = format!("{path}?{}", form(query));
+        let mut conn = Conn::open(&Target::at(self.addr)).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(30), conn.get(uri))
+            .await
+            .expect("an answer within 30 s")
+            .unwrap();
+        let json = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+        (answer.status.as_u16(), json)
+    }
+
+    async fn post(&self, path: &str, fields: &[(&str, &str)]) -> (u16, Value) {
+        let mut conn = Conn::open(&Target::at(self.addr)).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(30), conn.post(path, form(fields)))
+            .await
+            .expect("an answer within 30 s")
+            .unwrap();
+        let json = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+        (answer.status.as_u16(), json)
+    }
+
+    async fn join(&self, name: &str) -> (String, u64) {
+        let (status, json) = self
+            .post("/join", &[("name", name), ("password", "pw")])
+            .await;
+        assert_eq!(status, 200, "{json}");
+        (
+            json["token"].as_str().unwrap().to_owned(),
+            json["cursor"].as_u64().unwrap(),
+        )
+    }
+
+    async fn poll(&self, token: &str, cursor: u64, timeout_ms: u64) -> (u16, Value) {
+        let cursor = cursor.to_string();
+        let timeout = timeout_ms.to_string();
+        let query = [("token", token), ("cursor", &cursor), ("timeout", &timeout)];
+        self.get("/poll", &query).await
+    }
+
+    fn swept(&self) -> u64 {
+        let text = self.engine.metrics().render(Default::default(), &[]);
+        text.lines()
+            .find_map(|line| line.strip_prefix("parlor_swept_clients_total "))
+            .and_then(|count| count.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+fn form(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(key, value)| format!("{key}={}", encode(value)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+/// Polls until the answer has events, returning them and moving `cursor`.
+async fn next_events(node: &Node, token: &str, cursor: &mut u64) -> Vec<Value> {
+    let started = Instant::now();
+    loop {
+        let (status, json) = node.poll(token, *cursor, 5000).await;
+        assert_eq!(status, 200, "{json}");
+        *cursor = json["cursor"].as_u64().unwrap();
+        let events = json["events"].as_array().unwrap().clone();
+        if !events.is_empty() {
+            return events;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no events came"
+        );
+    }
+}
+
+/// Reads everything queued now.
+async fn drain(node: &Node, token: &str, cursor: &mut u64) -> Vec<Value> {
+    let mut all = Vec::new();
+    loop {
+        let (status, json) = node.poll(token, *cursor, 0).await;
+        assert_eq!(status, 200, "{json}");
+        *cursor = json["cursor"].as_u64().unwrap();
+        let events = json["events"].as_array().unwrap();
+        if events.is_empty() {
+            return all;
+        }
+        all.extend(events.iter().cloned());
+    }
+}
+
+/// A poll on its own task: its status, JSON and how long it took.
+fn spawn_poll(
+    addr: SocketAddr,
+    token: &str,
+    cursor: u64,
+    timeout_ms: u64,
+) -> JoinHandle<(u16, Value, Duration)> {
+    let uri = format!("/poll?token={token}&cursor={cursor}&timeout={timeout_ms}");
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let mut conn = Conn::open(&Target::at(addr)).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(30), conn.get(uri))
+            .await
+            .expect("an answer within 30 s")
+            .unwrap();
+        let json = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+        (answer.status.as_u16(), json, started.elapsed())
+    })
+}
+
+fn presence<'a>(events: &'a [Value], user: &str) -> Vec<&'a str> {
+    events
+        .iter()
+        .filter(|event| event["type"] == "presence" && event["user"] == user)
+        .map(|event| event["status"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_client_joined_on_one_node_polls_on_another_and_is_woken_across_nodes() {
+    let redis = Redis::start();
+    let (a, b) = (Node::start(&redis).await, Node::start(&redis).await);
+    let (ann, mut cursor) = a.join("ann").await;
+    let (_, first) = b.poll(&ann, cursor, 0).await;
+    // The same cursor again, on the other node, re-delivers (reading
+    // never consumes; the next cursor acknowledges)...
+    let (_, again) = a.poll(&ann, cursor, 0).await;
+    assert_eq!(first, again);
+    let events = drain(&b, &ann, &mut cursor).await;
+    assert_eq!(presence(&events, "ann"), ["online"]);
+
+    // ...and a poll parked on A answers a change made through B.
+    let parked = spawn_poll(a.addr, &ann, cursor, 20_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (bob, _) = b.join("bob").await;
+    let (status, json, waited) = parked.await.unwrap();
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(
+        presence(json["events"].as_array().unwrap(), "bob"),
+        ["online"],
+        "{json}"
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "woken only after {waited:?}"
+    );
+    let cursor = json["cursor"].as_u64().unwrap();
+
+    // /status on B wakes a poll parked on A, too.
+    let parked = spawn_poll(a.addr, &ann, cursor, 20_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = b
+        .post("/status", &[("token", &bob), ("status", "away")])
+        .await;
+    assert_eq!(status, 200);
+    let (status, json, waited) = parked.await.unwrap();
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(
+        presence(json["events"].as_array().unwrap(), "bob"),
+        ["away"]
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "woken only after {waited:?}"
+    );
+
+    // The online list is the same from every node.
+    let (_, users) = a.get("/users", &[("token", &ann)]).await;
+    let (_, same) = b.get("/users", &[("token", &bob)]).await;
+    assert_eq!(users, same);
+    assert_eq!(
+        users["users"],
+        serde_json::json!([{"name": "ann", "status": "online"}, {"name": "bob", "status": "away"}])
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_poll_on_another_node_supersedes_the_parked_one() {
+    let redis = Redis::start();
+    let (a, b) = (Node::start(&redis).await, Node::start(&redis).await);
+    let (ann, mut cursor) = a.join("ann").await;
+    drain(&a, &ann, &mut cursor).await;
+    let first = spawn_poll(a.addr, &ann, cursor, 20_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, second) = b.poll(&ann, cursor, 0).await;
+    assert_eq!(status, 200, "{second}");
+    let (status, json, waited) = first.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(json, serde_json::json!({"cursor": cursor, "events": []}));
+    assert!(
+        waited < Duration::from_secs(10),
+        "answered after {waited:?}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn three_nodes_sweep_a_silent_client_exactly_once() {
+    let redis = Redis::start();
+    let short = node_config(&redis.url(), Duration::from_secs(2));
+    let nodes = [
+        Node::start_with(short.clone()).await,
+        Node::start_with(short.clone()).await,
+        Node::start_with(short).await,
+    ];
+    let (ann, mut cursor) = nodes[0].join("ann").await;
+    let (_bob, _) = nodes[1].join("bob").await;
+    // ann keeps polling (through every node); bob never polls again.
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    while !presence(&seen, "bob").contains(&"offline") {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "bob never swept: {seen:?}"
+        );
+        let node = &nodes[seen.len() % 3];
+        let (status, json) = node.poll(&ann, cursor, 1000).await;
+        assert_eq!(status, 200, "{json}");
+        cursor = json["cursor"].as_u64().unwrap();
+        seen.extend(json["events"].as_array().unwrap().iter().cloned());
+    }
+    // A little longer (ann polling): no node sweeps bob a second time.
+    for round in 0..3 {
+        let (status, json) = nodes[round].poll(&ann, cursor, 1000).await;
+        assert_eq!(status, 200, "{json}");
+        cursor = json["cursor"].as_u64().unwrap();
+        seen.extend(json["events"].as_array().unwrap().iter().cloned());
+    }
+    seen.extend(drain(&nodes[2], &ann, &mut cursor).await);
+    assert_eq!(presence(&seen, "bob"), ["online", "offline"], "{seen:?}");
+    let swept: u64 = nodes.iter().map(Node::swept).sum();
+    assert_eq!(swept, 1, "bob's one client process was swept {swept} times");
+    let mut redis_connection = redis.connection().await;
+    let online: Vec<String> = redis::cmd("HKEYS")
+        .arg("parlor:online")
+        .query_async(&mut redis_connection)
+        .await
+        .unwrap();
+    assert_eq!(online, ["ann"]);
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn redis_down_answers_503_then_everything_resumes_on_its_aof() {
+    let mut redis = Redis::start();
+    let a = Node::start(&redis).await;
+    let (ann, mut cursor) = a.join("ann").await;
+    drain(&a, &ann, &mut cursor).await;
+    redis.kill();
+    let started = Instant::now();
+    let (status, json) = a.poll(&ann, cursor, 0).await;
+    assert_eq!(
+        (status, json["error"].as_str()),
+        (503, Some("store_unavailable"))
+    );
+    let (status, json) = a
+        .post("/join", &[("name", "bob"), ("password", "pw")])
+        .await;
+    assert_eq!(
+        (status, json["error"].as_str()),
+        (503, Some("store_unavailable"))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(a.get("/healthz", &[]).await.0, 503);
+
+    redis.restart();
+    let started = Instant::now();
+    loop {
+        let (status, json) = a.poll(&ann, cursor, 0).await;
+        if status == 200 {
+            // The same token and cursor are valid: nothing was lost.
+            assert_eq!(json["cursor"], cursor);
+            break;
+        }
+        assert_eq!(status, 503, "{json}");
+        assert!(started.elapsed() < Duration::from_secs(20), "no recovery");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Wake-ups are subscribed again.
+    let started = Instant::now();
+    while a.get("/healthz", &[]).await.0 != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "not healthy again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_bob, _) = a.join("bob").await;
+    let events = next_events(&a, &ann, &mut cursor).await;
+    assert_eq!(presence(&events, "bob"), ["online"]);
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn redis_restarted_empty_means_401_then_a_new_join() {
+    let mut redis = Redis::start();
+    let a = Node::start(&redis).await;
+    let (ann, cursor) = a.join("ann").await;
+    redis.restart_empty();
+    let started = Instant::now();
+    loop {
+        let (status, json) = a.poll(&ann, cursor, 0).await;
+        if status == 401 {
+            assert_eq!(json["error"], "unknown_client");
+            break;
+        }
+        assert_eq!(status, 503, "{json}");
+        assert!(started.elapsed() < Duration::from_secs(20), "no recovery");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (ann, mut cursor) = a.join("ann").await;
+    assert_eq!(cursor, 0);
+    assert_eq!(
+        presence(&drain(&a, &ann, &mut cursor).await, "ann"),
+        ["online"]
+    );
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn a_mailbox_lost_under_a_surviving_token_answers_410_then_sync_resumes() {
+    let redis = Redis::start();
+    let a = Node::start(&redis).await;
+    let (ann, mut cursor) = a.join("ann").await;
+    drain(&a, &ann, &mut cursor).await;
+    // As if a failover lost the writes that made the mailbox.
+    let mut connection = redis.connection().await;
+    let _: () = redis::cmd("DEL")
+        .arg("parlor:mmeta:{ann}")
+        .arg("parlor:mbox:{ann}")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let (status, json) = a.poll(&ann, cursor, 0).await;
+    assert_eq!(
+        (status, json["error"].as_str()),
+        (410, Some("cursor_expired"))
+    );
+    let (status, session) = a.get("/sync", &[("token", &ann)]).await;
+    assert_eq!(status, 200, "{session}");
+    let mut cursor = session["cursor"].as_u64().unwrap();
+    let (status, json) = a.poll(&ann, cursor, 0).await;
+    assert_eq!(status, 200, "{json}");
+    drain(&a, &ann, &mut cursor).await;
+    // A cursor ahead of the head is treated as lost events, too.
+    let (status, json) = a.poll(&ann, cursor + 5, 0).await;
+    assert_eq!(
+        (status, json["error"].as_str()),
+        (410, Some("cursor_expired"))
+    );
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_answers_parked_polls_at_once() {
+    let redis = Redis::start();
+    let a = Node::start(&redis).await;
+    let (ann, mut cursor) = a.join("ann").await;
+    drain(&a, &ann, &mut cursor).await;
+    let parked = spawn_poll(a.addr, &ann, cursor, 20_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    a.stop().await;
+    let (status, json, _) = parked.await.unwrap();
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["events"], serde_json::json!([]));
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_at_start_is_refused_with_its_url() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let config = node_config(&url, Duration::from_secs(30));
+    let error = match Server::connect(config).await {
+        Ok(_) => panic!("started without Redis"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("cannot reach Redis at"), "{error}");
+    assert!(error.contains(&format!("127.0.0.1:{port}")), "{error}");
+}
