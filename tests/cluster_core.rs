@@ -415,8 +415,8 @@ async fn three_nodes_sweep_a_silent_client_exactly_once() {
         seen.extend(json["events"].as_array().unwrap().iter().cloned());
     }
     // A little longer (ann polling): no node sweeps bob a second time.
-    for round in 0..3 {
-        let (status, json) = nodes[round].poll(&ann, cursor, 1000).await;
+    for node in &nodes {
+        let (status, json) = node.poll(&ann, cursor, 1000).await;
         assert_eq!(status, 200, "{json}");
         cursor = json["cursor"].as_u64().unwrap();
         seen.extend(json["events"].as_array().unwrap().iter().cloned());
