@@ -580,3 +580,106 @@ async fn an_unreachable_redis_at_start_is_refused_with_its_url() {
     assert!(error.contains("cannot reach Redis at"), "{error}");
     assert!(error.contains(&format!("127.0.0.1:{port}")), "{error}");
 }
+
+/// Adds a lobby message the way the send script does (`lobby_append`):
+/// a new id, the log, and — if `publish` — the broadcast wake-up.
+async fn lobby_message(redis: &Redis, from: &str, text: &str, publish: bool) -> u64 {
+    let mut connection = redis.connection().await;
+    let id: u64 = redis::cmd("INCR")
+        .arg("parlor:msgid")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let body = serde_json::json!({
+        "type": "message", "id": id, "conversation": "lobby", "from": from, "text": text, "at": 1
+    });
+    let _: () = redis::cmd("ZADD")
+        .arg("parlor:lobbylog")
+        .arg(id)
+        .arg(body.to_string())
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    if publish {
+        let _: () = redis::cmd("PUBLISH")
+            .arg("parlor:wake")
+            .arg("b")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+    }
+    id
+}
+
+fn texts(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .filter(|event| event["type"] == "message")
+        .map(|event| event["text"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn lobby_messages_are_copied_into_each_mailbox_at_poll_time() {
+    let redis = Redis::start();
+    let (a, b) = (Node::start(&redis).await, Node::start(&redis).await);
+    let (ann, mut ann_cursor) = a.join("ann").await;
+    drain(&a, &ann, &mut ann_cursor).await;
+    // A message from before bob joined is not bob's.
+    lobby_message(&redis, "ann", "before bob", true).await;
+    let (bob, mut bob_cursor) = b.join("bob").await;
+    assert_eq!(
+        texts(&drain(&b, &bob, &mut bob_cursor).await),
+        [] as [&str; 0]
+    );
+    assert_eq!(
+        texts(&drain(&a, &ann, &mut ann_cursor).await),
+        ["before bob"]
+    );
+    let parked = spawn_poll(a.addr, &ann, ann_cursor, 20_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = lobby_message(&redis, "bob", "hello", true).await;
+    let (status, json, waited) = parked.await.unwrap();
+    assert_eq!(status, 200, "{json}");
+    assert!(waited < Duration::from_secs(10), "woken after {waited:?}");
+    let events = json["events"].as_array().unwrap();
+    assert!(texts(events).contains(&"hello"), "{json}");
+    let message = events
+        .iter()
+        .find(|event| event["text"] == "hello")
+        .unwrap();
+    assert_eq!(message["id"], id);
+    assert!(message["seq"].as_u64().unwrap() <= json["cursor"].as_u64().unwrap());
+    let bobs = next_events(&a, &bob, &mut bob_cursor).await;
+    assert_eq!(texts(&bobs), ["hello"], "{bobs:?}");
+
+    // A lost wake-up delays the answer by a safety tick, no more.
+    let ann_cursor = json["cursor"].as_u64().unwrap();
+    let parked = spawn_poll(b.addr, &ann, ann_cursor, 20_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lobby_message(&redis, "bob", "unannounced", false).await;
+    let (status, json, waited) = parked.await.unwrap();
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(texts(json["events"].as_array().unwrap()), ["unannounced"]);
+    assert!(waited < Duration::from_secs(10), "found after {waited:?}");
+
+    // Lobby messages the log dropped before a mailbox copied them expire
+    // its cursors, as an overflowing mailbox does.
+    let mut connection = redis.connection().await;
+    let _: () = redis::cmd("SET")
+        .arg("parlor:lobbytrim")
+        .arg(id + 1000)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let (status, json) = b.poll(&bob, bob_cursor, 0).await;
+    assert_eq!(
+        (status, json["error"].as_str()),
+        (410, Some("cursor_expired"))
+    );
+    let (_, session) = b.get("/sync", &[("token", &bob)]).await;
+    let (status, json) = a.poll(&bob, session["cursor"].as_u64().unwrap(), 0).await;
+    assert_eq!(status, 200, "{json}");
+    a.stop().await;
+    b.stop().await;
+}
