@@ -34,9 +34,10 @@
 //! | `cmid:{NAME}:ID` | STRING | a /send's answer JSON for `client_msg_id` ID | TTL `CLIENT_MSG_ID_TTL_SECS` |
 //!
 //! Channel `parlor:wake` carries wake-ups (see `wake`): `u NAME` (the
-//! user's mailbox changed), `b` (the lobby log or the presence board
-//! changed: every parked poll re-reads), `s CLIENT GEN` (client CLIENT's
-//! polls older than generation GEN are superseded).
+//! user's mailbox changed), `b` (the lobby log changed: every parked poll
+//! re-reads), `p` (the presence board changed: every parked poll not in its
+//! coalescing window re-reads), `s CLIENT GEN` (client CLIENT's polls older
+//! than generation GEN are superseded).
 //!
 //! The lobby log: every online user is in the lobby, so a lobby message is
 //! not appended to thousands of mailboxes. It is added once to `lobbylog`
