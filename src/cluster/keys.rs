@@ -35,9 +35,10 @@
 //! | `srate:{NAME}`, `rrate:{NAME}` | STRING | when the user's send / room-creation bucket is full again (µs, Redis `TIME`) | TTL: until then |
 //!
 //! Channel `parlor:wake` carries wake-ups (see `wake`): `u NAME` (the
-//! user's mailbox changed), `b` (the lobby log or the presence board
-//! changed: every parked poll re-reads), `s CLIENT GEN` (client CLIENT's
-//! polls older than generation GEN are superseded).
+//! user's mailbox changed), `b` (the lobby log changed: every parked poll
+//! re-reads), `p` (the presence board changed: every parked poll not in its
+//! coalescing window re-reads), `s CLIENT GEN` (client CLIENT's polls older
+//! than generation GEN are superseded).
 //!
 //! The lobby log: every online user is in the lobby, so a lobby message is
 //! not appended to thousands of mailboxes. It is added once to `lobbylog`

@@ -35,6 +35,7 @@ mod send;
 mod sweeper;
 pub mod wake;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -86,6 +87,15 @@ struct Shared {
     /// presence version they were read at (see `membership`).
     online: Mutex<Option<(u64, Arc<OnlineSnapshot>)>>,
     metrics: Metrics,
+    /// Cluster-wide counts as the last sweep (by this node) read them.
+    counts: Counts,
+}
+
+/// Cluster-wide gauges, refreshed by each sweep (every second).
+#[derive(Default)]
+struct Counts {
+    online_users: AtomicUsize,
+    client_processes: AtomicUsize,
 }
 
 impl Cluster {
@@ -152,6 +162,7 @@ impl Cluster {
                 limits,
                 online: Mutex::new(None),
                 metrics,
+                counts: Counts::default(),
             }),
         })
     }
@@ -181,10 +192,14 @@ impl Cluster {
         self.shared.config
     }
 
-    /// The gauges this node knows cheaply: its parked polls.
+    /// The gauges: this node's parked polls, and the cluster's online
+    /// users and client processes as of this node's last sweep.
     pub fn gauges(&self) -> Gauges {
+        let counts = &self.shared.counts;
         Gauges {
             parked_polls: self.shared.wakes.parked_count(),
+            online_users: counts.online_users.load(Ordering::Relaxed),
+            client_processes: counts.client_processes.load(Ordering::Relaxed),
             ..Gauges::default()
         }
     }

@@ -43,7 +43,7 @@ enum Read {
     Events(Vec<u8>),
     Empty,
     Superseded,
-    Park { poll: ParkedPoll, coalescing: bool },
+    Park(ParkedPoll),
 }
 
 impl Cluster {
@@ -93,7 +93,10 @@ impl Cluster {
                     metrics.poll_answered(PollAnswer::Superseded);
                     return Ok(empty_poll_body(cursor));
                 }
-                Read::Park { poll, coalescing } => (poll, coalescing),
+                Read::Park(poll) => {
+                    let coalescing = poll.coalescing;
+                    (poll, coalescing)
+                }
             };
             generation = poll.generation;
             let mut wake_at = deadline;
@@ -151,20 +154,18 @@ impl Cluster {
         let number = |index: usize| answer.get(index).and_then(integer).unwrap_or(0);
         Ok(match answer.first().map(text).as_deref() {
             Some("events") => Read::Events(poll_body(number(1), &answer[2..])),
-            Some("park") => Read::Park {
-                poll: ParkedPoll {
-                    generation: number(1),
-                    seen: Seen {
-                        head: number(2),
-                        presence: number(3),
-                        lobby: number(4),
-                    },
-                    user: answer.get(6).map(text).unwrap_or_default().into(),
-                    client: number(7),
-                    token_key: sha.clone(),
+            Some("park") => Read::Park(ParkedPoll {
+                generation: number(1),
+                seen: Seen {
+                    head: number(2),
+                    presence: number(3),
+                    lobby: number(4),
                 },
+                user: answer.get(6).map(text).unwrap_or_default().into(),
+                client: number(7),
+                token_key: sha.clone(),
                 coalescing: number(5) == 1,
-            },
+            }),
             Some("superseded") => Read::Superseded,
             _ => Read::Empty,
         })
@@ -231,7 +232,7 @@ impl Cluster {
                 Some(_) => {}
             }
             let moved = head != Some(poll.seen.head)
-                || presence > poll.seen.presence
+                || (presence > poll.seen.presence && !poll.coalescing)
                 || lobby > poll.seen.lobby;
             if moved {
                 stale.push(&poll.user);

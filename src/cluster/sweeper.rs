@@ -8,6 +8,7 @@
 //! leaves deadlines that cover the wait, so they are swept one inactivity
 //! timeout after the wait would have ended, by whichever node is alive.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -34,7 +35,16 @@ impl Cluster {
         for _ in 0..closed {
             self.metrics().swept_client();
         }
-        let offline: Vec<String> = answer.iter().skip(1).map(text).collect();
+        let count = |index: usize| answer.get(index).and_then(integer).unwrap_or(0) as usize;
+        self.shared
+            .counts
+            .online_users
+            .store(count(1), Ordering::Relaxed);
+        self.shared
+            .counts
+            .client_processes
+            .store(count(2), Ordering::Relaxed);
+        let offline: Vec<String> = answer.iter().skip(3).map(text).collect();
         if closed > 0 {
             tracing::debug!(closed, ?offline, "swept inactive client processes");
         }

@@ -6,8 +6,10 @@
 //! scripts, in the script that made the change):
 //!
 //! - `u NAME`: NAME's mailbox changed; NAME's parked polls re-read;
-//! - `b`: the lobby log or the presence board changed; every parked poll
-//!   re-reads;
+//! - `b`: the lobby log changed; every parked poll re-reads;
+//! - `p`: the presence board changed; every parked poll re-reads except
+//!   those already waiting out their presence coalescing window (they copy
+//!   the board when it ends);
 //! - `s CLIENT GEN`: a poll of client CLIENT started with generation GEN;
 //!   parked polls of CLIENT with an older generation answer at once.
 //!
@@ -58,6 +60,7 @@ pub enum Wake {
 pub enum Notice {
     User(Arc<str>),
     All,
+    Presence,
     Supersede { client: u64, generation: u64 },
 }
 
@@ -67,6 +70,7 @@ impl Notice {
         let text = std::str::from_utf8(message).ok()?;
         match text.split_once(' ') {
             None if text == "b" => Some(Notice::All),
+            None if text == "p" => Some(Notice::Presence),
             Some(("u", name)) if !name.is_empty() => Some(Notice::User(name.into())),
             Some(("s", rest)) => {
                 let (client, generation) = rest.split_once(' ')?;
@@ -79,11 +83,12 @@ impl Notice {
         }
     }
 
-    /// What this notice does to a poll of `user`'s client `client` at
-    /// `generation`, if anything.
-    fn wakes(&self, user: &str, client: u64, generation: u64) -> Option<Wake> {
+    /// What this notice does to a parked poll, if anything.
+    fn wakes(&self, poll: &ParkedPoll) -> Option<Wake> {
+        let (user, client, generation) = (&*poll.user, poll.client, poll.generation);
         match self {
             Notice::All => Some(Wake::Recheck),
+            Notice::Presence if !poll.coalescing => Some(Wake::Recheck),
             Notice::User(name) if &**name == user => Some(Wake::Recheck),
             Notice::Supersede {
                 client: superseded,
@@ -130,6 +135,9 @@ pub struct ParkedPoll {
     pub client: u64,
     pub generation: u64,
     pub seen: Seen,
+    /// Waiting out its presence coalescing window: presence changes do not
+    /// wake it.
+    pub coalescing: bool,
 }
 
 struct Entry {
@@ -186,10 +194,7 @@ impl WakeTable {
         } else {
             let skip = table.recent.len() - missed as usize;
             table.recent.iter().skip(skip).fold(None, |found, notice| {
-                match (
-                    found,
-                    notice.wakes(&poll.user, poll.client, poll.generation),
-                ) {
+                match (found, notice.wakes(&poll)) {
                     (Some(Wake::Superseded), _) | (_, Some(Wake::Superseded)) => {
                         Some(Wake::Superseded)
                     }
@@ -241,10 +246,10 @@ impl WakeTable {
     pub fn notice(&self, notice: Notice) {
         let mut table = self.lock();
         let woken: Vec<(usize, Wake)> = match &notice {
-            Notice::All => table
+            Notice::All | Notice::Presence => table
                 .entries
                 .iter()
-                .map(|(key, _)| (key, Wake::Recheck))
+                .filter_map(|(key, entry)| notice.wakes(&entry.poll).map(|wake| (key, wake)))
                 .collect(),
             Notice::User(name) => table
                 .by_user
@@ -256,10 +261,8 @@ impl WakeTable {
                 .get(client)
                 .copied()
                 .and_then(|key| {
-                    let poll = &table.entries[key].poll;
-                    notice
-                        .wakes(&poll.user, poll.client, poll.generation)
-                        .map(|wake| vec![(key, wake)])
+                    let wake = notice.wakes(&table.entries[key].poll)?;
+                    Some(vec![(key, wake)])
                 })
                 .unwrap_or_default(),
         };
@@ -288,17 +291,11 @@ impl WakeTable {
     /// Answers this client's parked poll here as superseded, if it is
     /// older than `generation` (the safety tick found a newer one).
     pub fn supersede(&self, client: u64, generation: u64) {
-        self.notice_without_record(Notice::Supersede { client, generation });
-    }
-
-    fn notice_without_record(&self, notice: Notice) {
+        let notice = Notice::Supersede { client, generation };
         let mut table = self.lock();
-        if let Notice::Supersede { client, .. } = &notice {
-            if let Some(&key) = table.by_client.get(client) {
-                let poll = &table.entries[key].poll;
-                if let Some(wake) = notice.wakes(&poll.user, poll.client, poll.generation) {
-                    table.wake_entry(key, wake);
-                }
+        if let Some(&key) = table.by_client.get(&client) {
+            if let Some(wake) = notice.wakes(&table.entries[key].poll) {
+                table.wake_entry(key, wake);
             }
         }
     }
@@ -471,12 +468,14 @@ mod tests {
             client,
             generation,
             seen: Seen::default(),
+            coalescing: false,
         }
     }
 
     #[test]
     fn messages_parse() {
         assert_eq!(Notice::parse(b"b"), Some(Notice::All));
+        assert_eq!(Notice::parse(b"p"), Some(Notice::Presence));
         assert_eq!(Notice::parse(b"u ann"), Some(Notice::User("ann".into())));
         assert_eq!(
             Notice::parse(b"s 7 12"),
@@ -539,6 +538,24 @@ mod tests {
         let mut first = table.park(table.mark(), poll("ann", 2, 1));
         let _second = table.park(table.mark(), poll("ann", 2, 2));
         assert_eq!(first.woken.try_recv(), Ok(Wake::Superseded));
+    }
+
+    #[test]
+    fn presence_changes_do_not_wake_a_coalescing_poll() {
+        let table = WakeTable::default();
+        let mut plain = table.park(table.mark(), poll("ann", 1, 1));
+        let mut waiting = table.park(
+            table.mark(),
+            ParkedPoll {
+                coalescing: true,
+                ..poll("bob", 2, 1)
+            },
+        );
+        table.notice(Notice::Presence);
+        assert_eq!(plain.woken.try_recv(), Ok(Wake::Recheck));
+        assert!(waiting.woken.try_recv().is_err());
+        table.notice(Notice::All);
+        assert_eq!(waiting.woken.try_recv(), Ok(Wake::Recheck));
     }
 
     #[test]

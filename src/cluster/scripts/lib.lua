@@ -31,10 +31,16 @@ local function wake_user(user)
   redis.call('PUBLISH', WAKE_CHANNEL, 'u ' .. user)
 end
 
--- Wakes every parked poll on every node (the lobby log or the presence
--- board changed; each re-reads).
+-- Wakes every parked poll on every node (the lobby log changed; each
+-- re-reads).
 local function wake_all()
   redis.call('PUBLISH', WAKE_CHANNEL, 'b')
+end
+
+-- Wakes every parked poll on every node that is not already waiting out
+-- its presence coalescing window (the presence board changed).
+local function wake_presence()
+  redis.call('PUBLISH', WAKE_CHANNEL, 'p')
 end
 
 -- Answers every poll of client `client` older than generation `gen`.
@@ -231,7 +237,7 @@ local function open_mailbox(user)
   redis.call('ZADD', K_MSEEN, pver, user)
   redis.call('HSET', K_ONLINE, user, 'online')
   set_presence(user, 'online')
-  wake_all()
+  wake_presence()
   return epoch
 end
 
@@ -255,7 +261,7 @@ local function close_user(user)
   redis.call('ZREM', K_MSEEN, user)
   redis.call('HDEL', K_ONLINE, user)
   set_presence(user, 'offline')
-  wake_all()
+  wake_presence()
 end
 
 -- Closes one client process (its token, its entries, its deadline); with

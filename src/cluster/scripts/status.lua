@@ -8,6 +8,6 @@ end
 open_mailbox(found.user)
 if set_presence(found.user, ARGV[2]) then
   redis.call('HSET', K_ONLINE, found.user, ARGV[2])
-  wake_all()
+  wake_presence()
 end
 return { 'ok' }
