@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use common::nginx::Nginx;
 use common::redis::RedisServer;
 use common::{encode_form, request_to, try_request_to, Answer};
 use hyper::Method;
@@ -592,4 +593,72 @@ async fn redis_back_empty_answers_401_and_a_rejoin_works() {
     };
     assert_eq!(again.send(second.addr, "lobby", "after").await.status, 200);
     assert_eq!(texts(&again.read_all(first.addr).await), ["after"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_nginx_a_node_can_die_and_its_clients_do_not_notice() {
+    let redis = RedisServer::start();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Node::start(&redis.url()).await);
+    }
+    let nginx = Nginx::start_cluster([nodes[0].addr, nodes[1].addr, nodes[2].addr]);
+    let entry = nginx.addr;
+    let mut ann = Client::join(entry, "ann").await;
+    let bob = Client::join(entry, "bob").await;
+    ann.read_all(entry).await;
+
+    // Round robin puts ann's poll and bob's send on different nodes.
+    let parked = {
+        let (token, cursor) = (ann.token.clone(), ann.cursor);
+        tokio::spawn(async move {
+            let cursor = cursor.to_string();
+            let query = [
+                ("token", token.as_str()),
+                ("cursor", &cursor),
+                ("timeout", "20000"),
+            ];
+            get(entry, "/poll", &query).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(bob.send(entry, "lobby", "one").await.status, 200);
+    let woken = tokio::time::timeout(PATIENCE, parked)
+        .await
+        .expect("the parked poll answers")
+        .expect("the poll task");
+    assert_eq!(woken.status, 200, "{}", woken.text);
+    let mut seen = texts(woken.json["events"].as_array().expect("events"));
+    ann.cursor = woken.json["cursor"].as_u64().expect("a cursor");
+    seen.extend(texts(&ann.read_all(entry).await));
+    assert_eq!(seen, ["one"]);
+
+    // One node dies. nginx sends what it would have had to the others; a
+    // send that reached it as it died is answered 502 and retried with its
+    // client_msg_id, as a client does.
+    nodes[0].kill().await;
+    let mut sent = Vec::new();
+    for n in 0..12 {
+        let text = format!("m{n}");
+        let form = [
+            ("token", bob.token.as_str()),
+            ("conversation", "lobby"),
+            ("text", text.as_str()),
+            ("client_msg_id", text.as_str()),
+        ];
+        let answer = eventually("a send through nginx", || async {
+            let answer = post(entry, "/send", &form).await;
+            (answer.status != 502).then_some(answer)
+        })
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        sent.push(text);
+    }
+    let mut after = Vec::new();
+    while after.len() < sent.len() {
+        let events = ann.poll(entry, 5000).await;
+        assert!(!events.is_empty(), "ann waits for {sent:?}, has {after:?}");
+        after.extend(texts(&events));
+    }
+    assert_eq!(after, sent, "each message once, in order");
 }
