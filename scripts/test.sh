@@ -21,6 +21,22 @@ apt_install() {
     fi
 }
 
+# Installs packages without starting the services they ship (tests start
+# their own servers on free ports): a policy-rc.d that denies every start,
+# for the duration of the install, unless the machine already has one.
+apt_install_without_starting() {
+    local policy=/usr/sbin/policy-rc.d sudo=""
+    [[ $(id -u) -ne 0 ]] && sudo="sudo"
+    if dpkg -s "$@" >/dev/null 2>&1 || [[ -e $policy ]]; then
+        apt_install "$@"
+        return
+    fi
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod +x "$policy"
+    apt_install "$@" || { $sudo rm -f "$policy"; return 1; }
+    $sudo rm -f "$policy"
+}
+
 log "toolchain"
 cargo --version
 rustup component list --installed 2>/dev/null | grep -E 'clippy|rustfmt' || true
@@ -32,7 +48,19 @@ cargo clippy --all-targets --locked -- -D warnings
 log "unit and integration tests"
 # tests/behind_nginx.rs runs parlor behind Debian's nginx, started by the test.
 apt_install nginx
+# Cluster mode's tests (tests/cluster.rs, and the run below) start their own
+# redis-server on a free port; the system's Redis is never used.
+apt_install_without_starting redis-server
 cargo test --locked
+
+log "the integration suite again, against 3 nodes on one Redis"
+# Each request goes to a random node (tests/common/mod.rs); the files that
+# check the API's contract run, those about one process's internals
+# (store, connections, metrics, the binary) do not.
+PARLOR_TEST_CLUSTER=3 cargo test --locked \
+    --test conversations --test polling --test presence --test http_edges \
+    --test hardening_joins --test rate_limits --test cors --test hardening_headers \
+    --test config_and_routing --test metrics
 
 log "benches compile (they are run by hand: see docs/performance.md)"
 cargo bench --locked --no-run

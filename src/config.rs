@@ -149,6 +149,16 @@ pub struct Config {
     #[arg(long, env = "PARLOR_EPHEMERAL")]
     pub ephemeral: bool,
 
+    /// Cluster mode: keep all state in this Redis (e.g. `redis://127.0.0.1:6379/0`), shared by every
+    /// parlor node given the same URL; no local store is used.
+    #[arg(
+        long,
+        env = "PARLOR_REDIS",
+        value_parser = parse_redis_url,
+        conflicts_with_all = ["ephemeral", "data_dir", "sync", "history_retention"]
+    )]
+    pub redis: Option<RedisUrl>,
+
     /// How hard commits are pushed to disk: `normal` survives a killed
     /// process, `full` (an fsync per commit) also a power cut.
     #[arg(long, env = "PARLOR_SYNC", value_enum, default_value = "normal")]
@@ -285,6 +295,41 @@ pub fn parse_send_rate(text: &str) -> Result<SendRate, String> {
         .parse()
         .map(SendRate)
         .map_err(|_| format!("`{text}` is not a rate like 20/s"))
+}
+
+/// A Redis URL that parsed (`redis://`, `rediss://` or `unix://`). Its
+/// `Debug` leaves out a password the URL may carry.
+#[derive(Clone)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = match self.0.split_once('@') {
+            Some((before, after)) => match before.split_once("://") {
+                Some((scheme, _credentials)) => format!("{scheme}://***@{after}"),
+                None => "***".to_owned(),
+            },
+            None => self.0.clone(),
+        };
+        f.write_str(&shown)
+    }
+}
+
+fn parse_redis_url(text: &str) -> Result<RedisUrl, String> {
+    if redis::parse_redis_url(text).is_none() {
+        return Err(format!(
+            "`{text}` is not a Redis URL (expected redis://HOST:PORT/DB, rediss://... or unix://PATH)"
+        ));
+    }
+    redis::IntoConnectionInfo::into_connection_info(text)
+        .map(|_| RedisUrl(text.to_owned()))
+        .map_err(|error| format!("`{text}` is not a usable Redis URL: {error}"))
 }
 
 fn parse_cidr(text: &str) -> Result<Cidr, String> {

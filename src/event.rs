@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::conversation::Conversation;
 
@@ -66,8 +66,9 @@ pub enum RemovalReason {
     Left,
 }
 
-/// A chat message as stored and as delivered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A chat message as stored and as delivered (and, in cluster mode, read
+/// back from Redis's history).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub id: u64,
     pub conversation: String,
@@ -75,7 +76,7 @@ pub struct Message {
     pub text: String,
     /// Milliseconds since the Unix epoch.
     pub at: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_msg_id: Option<String>,
 }
 

@@ -59,8 +59,10 @@
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod conversation;
+pub mod engine;
 pub mod error;
 pub mod event;
 pub mod http;

@@ -56,6 +56,16 @@ impl Rate {
         })
     }
 
+    /// How many may be taken at once.
+    pub fn burst(&self) -> u32 {
+        self.burst
+    }
+
+    /// How long until one more may be taken.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
     /// `per_second` a second with bursts of up to `burst`; None (no limit)
     /// when `per_second` is 0.
     pub fn per_second(per_second: u32, burst: u32) -> Option<Rate> {

@@ -49,7 +49,7 @@ fn init_logging(format: LogFormat) {
 
 async fn serve(config: Config) -> ExitCode {
     let listen = config.listen;
-    let server = match Server::open(config) {
+    let server = match Server::connect(config).await {
         Ok(server) => server,
         Err(error) => {
             eprintln!("parlor: {error}");

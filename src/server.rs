@@ -29,7 +29,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::cluster::Cluster;
 use crate::config::{Config, MAX_HEADER_BYTES};
+use crate::engine::Engine;
 use crate::http::cors::Cors;
 use crate::http::{self, App};
 use crate::hub::{sweeper, Hub, HubConfig};
@@ -50,10 +52,11 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// taken a request just as it was chosen, or nothing was idle yet).
 const CLOSE_IDLE_RETRY: Duration = Duration::from_millis(100);
 
-/// A parlor server with its store open, ready to serve on a listener.
+/// A parlor server with its store open (or its Redis reached), ready to
+/// serve on a listener.
 pub struct Server {
     config: Config,
-    hub: Hub,
+    engine: Engine,
     /// Checked when the server opens, so a bad `--allow-origin` stops the
     /// start before anything listens.
     cors: Cors,
@@ -63,40 +66,35 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the store named by the configuration (SQLite in `--data-dir`,
-    /// or memory with `--ephemeral`), resumes its state, builds the hub.
-    pub fn open(config: Config) -> Result<Server, Error> {
-        let store: Arc<dyn Store> = if config.ephemeral {
-            Arc::new(MemoryStore::new())
-        } else {
-            let started = std::time::Instant::now();
-            let store = SqliteStore::open(
-                &config.data_dir,
-                SqliteOptions {
-                    sync: config.sync,
-                    history_retention: config.history_retention,
-                },
-            )?;
-            tracing::info!(
-                database = %store.path().display(),
-                sync = ?config.sync,
-                opened_in = ?started.elapsed(),
-                "durable store open"
-            );
-            Arc::new(store)
+    /// Opens the server named by the configuration: single-node over its
+    /// store (SQLite in `--data-dir`, or memory with `--ephemeral`), or a
+    /// cluster node when `--redis` is set, waiting up to
+    /// `cluster::START_WAIT` for Redis (then the error names the URL).
+    pub async fn connect(config: Config) -> Result<Server, Error> {
+        let engine = match &config.redis {
+            Some(url) => {
+                let cluster =
+                    Cluster::connect(url, hub_config(&config), Limits::from_config(&config))
+                        .await?;
+                Engine::Cluster(cluster)
+            }
+            None => Engine::Single(open_hub(&config)?),
         };
-        let started = std::time::Instant::now();
-        let hub = Hub::with_limits(
-            store,
-            HubConfig {
-                poll_timeout: config.poll_timeout,
-                inactivity_timeout: config.inactivity_timeout,
-                argon2_memory_kib: config.argon2_memory_kib,
-                argon2_iterations: config.argon2_iterations,
-            },
-            Limits::from_config(&config),
-        )?;
-        tracing::info!(stats = ?hub.stats(), resumed_in = ?started.elapsed(), "state resumed");
+        Server::with_engine(config, engine)
+    }
+
+    /// Opens a single-node server over the store named by the configuration
+    /// (SQLite in `--data-dir`, or memory with `--ephemeral`), resuming its
+    /// state. Cluster mode needs `Server::connect`, which can wait for Redis.
+    pub fn open(config: Config) -> Result<Server, Error> {
+        if config.redis.is_some() {
+            return Err("cluster mode (--redis) is opened with Server::connect".into());
+        }
+        let hub = open_hub(&config)?;
+        Server::with_engine(config, Engine::Single(hub))
+    }
+
+    fn with_engine(config: Config, engine: Engine) -> Result<Server, Error> {
         let cors = Cors::new(&config.allow_origin)?;
         let metrics_listener = match config.metrics_listen {
             Some(address) => Some(bind_metrics(address)?),
@@ -104,7 +102,7 @@ impl Server {
         };
         Ok(Server {
             config,
-            hub,
+            engine,
             cors,
             metrics_listener,
         })
@@ -116,9 +114,21 @@ impl Server {
         listener.local_addr().ok()
     }
 
-    /// A handle on the live state (for tests and diagnostics).
+    /// The single-node hub (for tests and diagnostics).
+    ///
+    /// # Panics
+    ///
+    /// In cluster mode, which has no hub: use `engine`.
     pub fn hub(&self) -> Hub {
-        self.hub.clone()
+        match &self.engine {
+            Engine::Single(hub) => hub.clone(),
+            Engine::Cluster(_) => panic!("a cluster node has no hub; use Server::engine"),
+        }
+    }
+
+    /// What serves the API: the hub, or this node's side of the cluster.
+    pub fn engine(&self) -> Engine {
+        self.engine.clone()
     }
 
     /// Serves until `shutdown` completes, then shuts down gracefully.
@@ -129,20 +139,29 @@ impl Server {
     ) -> Result<(), Error> {
         let Server {
             config,
-            hub,
+            engine,
             cors,
             metrics_listener,
         } = self;
         let app = App {
-            hub: hub.clone(),
+            engine: engine.clone(),
             admin_token: config.admin_token.as_deref().map(Arc::from),
             public_dir: Arc::new(PathBuf::from(&config.public_dir)),
             cors: Arc::new(cors),
             trusted_proxies: config.trusted_proxies.clone().into(),
         };
         let (stop_sweeper, sweeper_stop) = watch::channel(false);
-        let sweeper = tokio::spawn(sweeper::run(hub.clone(), sweeper_stop.clone()));
-        let visibility = tokio::spawn(hub.clone().run_visibility(sweeper_stop.clone()));
+        let background = match &engine {
+            Engine::Single(hub) => vec![
+                tokio::spawn(sweeper::run(hub.clone(), sweeper_stop.clone())),
+                tokio::spawn(hub.clone().run_visibility(sweeper_stop.clone())),
+            ],
+            Engine::Cluster(cluster) => {
+                vec![tokio::spawn(
+                    cluster.clone().run_background(sweeper_stop.clone()),
+                )]
+            }
+        };
 
         // Bounded by u32 so that shutdown can wait for every permit at once.
         let most = Semaphore::MAX_PERMITS.min(u32::MAX as usize);
@@ -152,7 +171,7 @@ impl Server {
         let scrapes = match metrics_listener {
             Some(listener) => Some(tokio::spawn(scrape::serve(
                 TcpListener::from_std(listener)?,
-                hub.clone(),
+                engine.clone(),
                 connections.clone(),
                 sweeper_stop,
             ))),
@@ -221,7 +240,7 @@ impl Server {
 
         tracing::info!("shutting down: answering parked polls");
         drop(listener);
-        hub.shut_down();
+        engine.shut_down();
         let _ = stop_sweeper.send(true);
         connections.close_all();
         // Every permit back means every connection's task has ended.
@@ -233,16 +252,57 @@ impl Server {
                 tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway")
             }
         }
-        let _ = sweeper.await;
-        let _ = visibility.await;
+        for task in background {
+            let _ = task.await;
+        }
         if let Some(scrapes) = scrapes {
             let _ = scrapes.await;
         }
         // Everything acknowledged is already durable; this writes the rest
-        // (presence copies, trims) so a restart resumes exactly here.
-        hub.close_store();
+        // (presence copies, trims) so a restart resumes exactly here. (A
+        // cluster node keeps nothing of its own.)
+        if let Engine::Single(hub) = &engine {
+            hub.close_store();
+        }
         Ok(())
     }
+}
+
+/// The hub's and cluster's settings from the configuration.
+fn hub_config(config: &Config) -> HubConfig {
+    HubConfig {
+        poll_timeout: config.poll_timeout,
+        inactivity_timeout: config.inactivity_timeout,
+        argon2_memory_kib: config.argon2_memory_kib,
+        argon2_iterations: config.argon2_iterations,
+    }
+}
+
+/// Opens the single-node store and builds the hub over it.
+fn open_hub(config: &Config) -> Result<Hub, Error> {
+    let store: Arc<dyn Store> = if config.ephemeral {
+        Arc::new(MemoryStore::new())
+    } else {
+        let started = std::time::Instant::now();
+        let store = SqliteStore::open(
+            &config.data_dir,
+            SqliteOptions {
+                sync: config.sync,
+                history_retention: config.history_retention,
+            },
+        )?;
+        tracing::info!(
+            database = %store.path().display(),
+            sync = ?config.sync,
+            opened_in = ?started.elapsed(),
+            "durable store open"
+        );
+        Arc::new(store)
+    };
+    let started = std::time::Instant::now();
+    let hub = Hub::with_limits(store, hub_config(config), Limits::from_config(config))?;
+    tracing::info!(stats = ?hub.stats(), resumed_in = ?started.elapsed(), "state resumed");
+    Ok(hub)
 }
 
 /// Binds the metrics listener; logs where it is, since operators point a

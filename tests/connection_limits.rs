@@ -126,6 +126,9 @@ async fn busy_keep_alive_clients_cannot_lock_out_a_new_one() {
 
 #[tokio::test]
 async fn parked_polls_are_never_closed_to_make_room() {
+    if common::skip_in_cluster_mode("counts one hub's parked polls") {
+        return;
+    }
     let mut config = test_config();
     config.max_connections = 8;
     config.poll_timeout = Duration::from_secs(60);
@@ -155,18 +158,18 @@ async fn parked_polls_are_never_closed_to_make_room() {
         }));
     }
     let deadline = Instant::now() + PATIENCE;
-    while server.hub.stats().parked_polls < 8 {
-        assert!(Instant::now() < deadline, "{:?}", server.hub.stats());
+    while server.hub().stats().parked_polls < 8 {
+        assert!(Instant::now() < deadline, "{:?}", server.hub().stats());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     // A ninth client waits: nothing is idle, so nothing is closed for it.
     let ninth = tokio::time::timeout(Duration::from_secs(2), server.get("/healthz", &[])).await;
     assert!(ninth.is_err(), "a ninth connection was served: {ninth:?}");
-    assert_eq!(server.hub.stats().parked_polls, 8);
+    assert_eq!(server.hub().stats().parked_polls, 8);
 
     // Woken, each poll answers normally, and its connection stays open.
-    let report = server.hub.publish(&names, &json!({"wake": true}));
+    let report = server.hub().publish(&names, &json!({"wake": true}));
     assert_eq!(report.delivered.len(), 8, "{report:?}");
     for poll in polls {
         let (answer, _sender) = tokio::time::timeout(PATIENCE, poll)

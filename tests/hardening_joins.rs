@@ -208,20 +208,21 @@ fn the_signup_flags_parse() {
     assert!(parlor::Config::try_parse_from(["parlor", "--trusted-proxy", "10.0.0.0/40"]).is_err());
 }
 
-/// POST /join from 127.0.0.1 with an `X-Forwarded-For` header.
+/// POST /join from 127.0.0.1 with an `X-Forwarded-For` header, always to
+/// the first node: per-address limits are kept per node in cluster mode.
 async fn join_forwarded(server: &TestServer, forwarded_for: &str, name: &str) -> Answer {
     let body = encode_form(&[("name", name), ("password", "pw")]);
-    server
-        .request(
-            hyper::Method::POST,
-            "/join",
-            &[
-                ("content-type", "application/x-www-form-urlencoded"),
-                ("x-forwarded-for", forwarded_for),
-            ],
-            body.into_bytes(),
-        )
-        .await
+    common::request_to(
+        server.addr,
+        hyper::Method::POST,
+        "/join",
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("x-forwarded-for", forwarded_for),
+        ],
+        body.into_bytes(),
+    )
+    .await
 }
 
 #[tokio::test]

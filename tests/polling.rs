@@ -186,10 +186,15 @@ async fn a_cursor_that_fell_out_of_the_mailbox_expires_and_sync_recovers() {
             format!("flood {}", capacity + 4)
         ]
     );
-    // A cursor from the future is a client bug, told as such.
+    // A cursor from the future is a client bug, told as such. A cluster
+    // cannot tell it from Redis having lost events, and has the client
+    // resync.
     let ahead = bob.poll_raw(head + 100, Some(0)).await;
-    assert_eq!(ahead.status, 400);
-    assert_eq!(ahead.code(), "invalid_cursor");
+    if server.is_cluster() {
+        assert_eq!((ahead.status, ahead.code()), (410, "cursor_expired"));
+    } else {
+        assert_eq!((ahead.status, ahead.code()), (400, "invalid_cursor"));
+    }
 }
 
 fn texts_of_history(json: &Value) -> Vec<String> {
@@ -243,6 +248,9 @@ async fn post_poll_with_json_and_bearer_works_like_get() {
 
 #[tokio::test]
 async fn a_mailbox_keeps_only_what_some_tab_has_not_acknowledged() {
+    if common::skip_in_cluster_mode("counts the events in one hub's mailboxes") {
+        return;
+    }
     let server = TestServer::start().await;
     let mut tab1 = server.join("ann").await;
     let mut tab2 = server.join("ann").await;
@@ -252,7 +260,7 @@ async fn a_mailbox_keeps_only_what_some_tab_has_not_acknowledged() {
         tab1.events_now().await;
         tab2.events_now().await;
     }
-    assert_eq!(server.hub.stats().mailbox_events, 0);
+    assert_eq!(server.hub().stats().mailbox_events, 0);
     // The joiners never poll: their mailboxes hold the one message, and
     // presence only reaches a mailbox when it is polled.
     for n in 0..300 {
@@ -265,7 +273,7 @@ async fn a_mailbox_keeps_only_what_some_tab_has_not_acknowledged() {
     let read = tab1.events_until_empty().await.len();
     assert_eq!(read, 301, "300 joiners' presence and one message");
     let joiners_unread = 300;
-    assert_eq!(server.hub.stats().mailbox_events, 301 + joiners_unread);
+    assert_eq!(server.hub().stats().mailbox_events, 301 + joiners_unread);
 
     // A retry of an answered poll is still served, and so is the slow tab.
     let retry = tab1.poll_raw(before_last_read, Some(0)).await;
@@ -275,7 +283,7 @@ async fn a_mailbox_keeps_only_what_some_tab_has_not_acknowledged() {
 
     // Both tabs have now polled from the head: nothing is kept for them,
     // and both carry on from there.
-    assert_eq!(server.hub.stats().mailbox_events, joiners_unread);
+    assert_eq!(server.hub().stats().mailbox_events, joiners_unread);
     tab2.send("lobby", "again").await;
     assert_eq!(texts(&tab1.events_now().await), ["again"]);
     assert_eq!(texts(&tab2.events_now().await), ["again"]);

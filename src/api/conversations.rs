@@ -4,12 +4,12 @@ use hyper::Response;
 use serde_json::json;
 
 use crate::config::MAX_TEXT_BYTES;
+use crate::engine::Engine;
 use crate::error::{ApiError, ApiResult};
 use crate::http::request::Params;
 use crate::http::response::{json, Body};
-use crate::hub::Hub;
 
-pub async fn send(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
+pub async fn send(engine: &Engine, params: Params) -> ApiResult<Response<Body>> {
     let token = params.token()?;
     let conversation = params.str("conversation")?;
     // Its length is the hub's to check; only its absence is answered here.
@@ -20,7 +20,9 @@ pub async fn send(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
         )
     })?;
     let client_msg_id = params.optional_str("client_msg_id")?;
-    let message = hub.send(token, conversation, text, client_msg_id).await?;
+    let message = engine
+        .send(token, conversation, text, client_msg_id)
+        .await?;
     Ok(json(&json!({
         "id": message.id,
         "conversation": message.conversation,
@@ -28,32 +30,31 @@ pub async fn send(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
     })))
 }
 
-pub async fn history(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
+pub async fn history(engine: &Engine, params: Params) -> ApiResult<Response<Body>> {
     let token = params.token()?;
     let conversation = params.str("conversation")?;
     let before = params.optional_u64("before")?;
     let limit = params
         .optional_u64("limit")?
         .map(|limit| usize::try_from(limit).unwrap_or(usize::MAX));
-    let messages = hub.history(token, conversation, before, limit).await?;
+    let messages = engine.history(token, conversation, before, limit).await?;
     Ok(json(&json!({ "messages": messages })))
 }
 
-pub async fn dialog(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
+pub async fn dialog(engine: &Engine, params: Params) -> ApiResult<Response<Body>> {
     let (token, with) = (params.token()?, params.str("with")?);
-    let conversation = hub.durably(|hub| hub.dialog(token, with)).await?;
+    let conversation = engine.dialog(token, with).await?;
     Ok(json(&json!({ "conversation": conversation })))
 }
 
-pub async fn join_room(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
+pub async fn join_room(engine: &Engine, params: Params) -> ApiResult<Response<Body>> {
     let (token, name) = (params.token()?, params.str("name")?);
-    let conversation = hub.durably(|hub| hub.join_room(token, name)).await?;
+    let conversation = engine.join_room(token, name).await?;
     Ok(json(&json!({ "conversation": conversation })))
 }
 
-pub async fn leave_room(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
+pub async fn leave_room(engine: &Engine, params: Params) -> ApiResult<Response<Body>> {
     let (token, conversation) = (params.token()?, params.str("conversation")?);
-    hub.durably(|hub| hub.leave_room(token, conversation))
-        .await?;
+    engine.leave_room(token, conversation).await?;
     Ok(json(&json!({})))
 }

@@ -55,7 +55,7 @@ pub async fn publish(app: &App, params: Params) -> ApiResult<Response<Body>> {
     let data = params
         .value("data")
         .ok_or_else(|| ApiError::missing_param("data"))?;
-    let report = app.hub.durably(|hub| Ok(hub.publish(&users, data))).await?;
+    let report = app.engine.publish(&users, data).await?;
     Ok(json(&report))
 }
 

@@ -8,22 +8,23 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::conversation::LOBBY;
+use crate::engine::Engine;
 use crate::error::{ApiError, ApiResult};
 use crate::event::Status;
 use crate::http::request::Params;
 use crate::http::response::{json, json_bytes, Body};
-use crate::hub::{Hub, Session};
+use crate::hub::Session;
 
 /// POST /join; `client` is the client's address (see `http::client_addr`).
-pub async fn join(hub: &Hub, client: IpAddr, params: Params) -> ApiResult<Response<Body>> {
+pub async fn join(engine: &Engine, client: IpAddr, params: Params) -> ApiResult<Response<Body>> {
     let name = params.str("name")?;
     let password = params.str("password")?;
-    let session = hub.join_from(name, password, client).await?;
+    let session = engine.join(name, password, client).await?;
     Ok(json_bytes(StatusCode::OK, session_json(&session)))
 }
 
-pub fn sync(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
-    let session = hub.sync(params.token()?)?;
+pub async fn sync(engine: &Engine, params: Params) -> ApiResult<Response<Body>> {
+    let session = engine.sync(params.token()?).await?;
     Ok(json_bytes(StatusCode::OK, session_json(&session)))
 }
 
@@ -72,26 +73,26 @@ fn session_json(session: &Session) -> Vec<u8> {
     out
 }
 
-pub async fn poll(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
+pub async fn poll(engine: &Engine, params: Params) -> ApiResult<Response<Body>> {
     let token = params.token()?;
     let cursor = params.u64("cursor")?;
     let timeout = params.optional_u64("timeout")?.map(Duration::from_millis);
-    let body = hub.poll(token, cursor, timeout).await?;
+    let body = engine.poll(token, cursor, timeout).await?;
     Ok(json_bytes(StatusCode::OK, body))
 }
 
-pub async fn set_status(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
+pub async fn set_status(engine: &Engine, params: Params) -> ApiResult<Response<Body>> {
     let token = params.token()?;
     let text = params.str("status")?;
     let status = Status::settable(text).ok_or_else(|| {
         ApiError::bad_request("invalid_status", "status must be online, busy or away")
     })?;
-    hub.durably(|hub| hub.set_status(token, status)).await?;
+    engine.set_status(token, status).await?;
     Ok(json(&json!({ "status": status })))
 }
 
-pub fn users(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
-    let online = hub.users(params.token()?)?;
+pub async fn users(engine: &Engine, params: Params) -> ApiResult<Response<Body>> {
+    let online = engine.users(params.token()?).await?;
     let mut body = Vec::with_capacity(online.users.len() + 12);
     body.extend_from_slice(b"{\"users\":");
     body.extend_from_slice(online.users.as_bytes());
@@ -99,9 +100,8 @@ pub fn users(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
     Ok(json_bytes(StatusCode::OK, body))
 }
 
-pub async fn leave(hub: &Hub, params: Params) -> ApiResult<Response<Body>> {
+pub async fn leave(engine: &Engine, params: Params) -> ApiResult<Response<Body>> {
     let token = params.token()?;
-    // A left token must not come back after a crash.
-    hub.durably(|hub| hub.leave(token)).await?;
+    engine.leave(token).await?;
     Ok(json(&json!({})))
 }

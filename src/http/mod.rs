@@ -9,7 +9,7 @@
 //! warns of one without its row.
 //!
 //! Why an enum rather than a handler pointer per row: the handlers differ
-//! in shape (sync or async, `&Hub` or `&App`, /healthz reads no
+//! in shape (sync or async, `&Engine` or `&App`, /healthz reads no
 //! parameters), and a common `fn(..) -> Pin<Box<dyn Future>>` would box a
 //! future per request, parked polls included. The `match` costs a jump and
 //! keeps each handler's future inline in the connection's.
@@ -37,15 +37,15 @@ use hyper::header::{HeaderValue, ALLOW, X_CONTENT_TYPE_OPTIONS};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::api;
+use crate::engine::Engine;
 use crate::error::{ApiError, ApiResult};
-use crate::hub::Hub;
 use request::Params;
 use response::Body;
 
 /// What every request handler needs; cheap to clone per connection.
 #[derive(Clone)]
 pub struct App {
-    pub hub: Hub,
+    pub engine: Engine,
     /// Enables POST /api/publish when set.
     pub admin_token: Option<Arc<str>>,
     pub public_dir: Arc<PathBuf>,
@@ -186,7 +186,7 @@ pub async fn handle(
         cors::admit_answer(&mut response, origin);
     }
     let endpoint = index.unwrap_or(ROUTES.len());
-    let metrics = app.hub.metrics();
+    let metrics = app.engine.metrics();
     metrics.request(endpoint, response.status().as_u16());
     Ok(response)
 }
@@ -224,27 +224,29 @@ async fn route(
             format!("{} accepts {}", found.path, found.allow()),
         ));
     }
-    let hub = &app.hub;
+    let engine = &app.engine;
     match found.endpoint {
-        Endpoint::Healthz => api::health::healthz(hub),
+        Endpoint::Healthz => api::health::healthz(engine).await,
         Endpoint::Join => {
             // Only /join limits by address, so only it reads the headers.
             let client = client_addr::client_ip(peer, request.headers(), &app.trusted_proxies);
-            api::session::join(hub, client, Params::read(request).await?).await
+            api::session::join(engine, client, Params::read(request).await?).await
         }
-        Endpoint::Sync => api::session::sync(hub, Params::read(request).await?),
-        Endpoint::Poll => api::session::poll(hub, Params::read(request).await?).await,
-        Endpoint::Leave => api::session::leave(hub, Params::read(request).await?).await,
-        Endpoint::Status => api::session::set_status(hub, Params::read(request).await?).await,
-        Endpoint::Users => api::session::users(hub, Params::read(request).await?),
-        Endpoint::Send => api::conversations::send(hub, Params::read(request).await?).await,
-        Endpoint::History => api::conversations::history(hub, Params::read(request).await?).await,
-        Endpoint::Dialog => api::conversations::dialog(hub, Params::read(request).await?).await,
+        Endpoint::Sync => api::session::sync(engine, Params::read(request).await?).await,
+        Endpoint::Poll => api::session::poll(engine, Params::read(request).await?).await,
+        Endpoint::Leave => api::session::leave(engine, Params::read(request).await?).await,
+        Endpoint::Status => api::session::set_status(engine, Params::read(request).await?).await,
+        Endpoint::Users => api::session::users(engine, Params::read(request).await?).await,
+        Endpoint::Send => api::conversations::send(engine, Params::read(request).await?).await,
+        Endpoint::History => {
+            api::conversations::history(engine, Params::read(request).await?).await
+        }
+        Endpoint::Dialog => api::conversations::dialog(engine, Params::read(request).await?).await,
         Endpoint::RoomsJoin => {
-            api::conversations::join_room(hub, Params::read(request).await?).await
+            api::conversations::join_room(engine, Params::read(request).await?).await
         }
         Endpoint::RoomsLeave => {
-            api::conversations::leave_room(hub, Params::read(request).await?).await
+            api::conversations::leave_room(engine, Params::read(request).await?).await
         }
         Endpoint::Publish => api::publish::publish(app, Params::read(request).await?).await,
     }

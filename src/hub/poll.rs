@@ -321,7 +321,7 @@ impl<D: Deref<Target = Directory>> Locked<'_, D> {
 }
 
 /// A number in [0, 1) that differs from call to call (not for secrets).
-fn jitter_fraction() -> f64 {
+pub(crate) fn jitter_fraction() -> f64 {
     use std::hash::{BuildHasher, Hasher};
     // RandomState is seeded per process, and the counter makes every call
     // hash something new: cheap, well spread, and needs no RNG crate.

@@ -7,7 +7,8 @@
 //! locks are held, and nothing is taken while holding it. The per-user
 //! send buckets are split like the shards (by the sender's shard), so
 //! senders of different shards never share a lock; the others are on
-//! paths that already serialize (/join hashing, `lock_all`).
+//! paths that already serialize (/join hashing, `lock_all`). A cluster
+//! node keeps its own `Rates` (`crate::cluster`): its limits are per node.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use crate::config::SignupMode;
 use crate::limits::{Limiter, Limits};
 use crate::metrics::Metrics;
 
-pub(super) struct Rates {
+pub(crate) struct Rates {
     signup: SignupMode,
     /// New accounts by client address.
     signups: Limiter<IpAddr>,
@@ -37,7 +38,7 @@ pub(super) struct Rates {
 }
 
 impl Rates {
-    pub(super) fn new(limits: &Limits, metrics: Metrics) -> Rates {
+    pub(crate) fn new(limits: &Limits, metrics: Metrics) -> Rates {
         Rates {
             signup: limits.signup,
             signups: Limiter::new(limits.signups_per_ip),
@@ -50,7 +51,7 @@ impl Rates {
     }
 
     /// Whether `client` may create the account `name` now.
-    pub(super) fn signup(&self, name: &str, client: IpAddr) -> HubResult<()> {
+    pub(crate) fn signup(&self, name: &str, client: IpAddr) -> HubResult<()> {
         if self.signup == SignupMode::Closed {
             return Err(Refusal::SignupClosed {
                 name: name.to_owned(),
@@ -62,14 +63,14 @@ impl Rates {
 
     /// Whether `client` may try a password for `name` now: not after too
     /// many wrong ones.
-    pub(super) fn password_try(&self, name: &str, client: IpAddr) -> HubResult<()> {
+    pub(crate) fn password_try(&self, name: &str, client: IpAddr) -> HubResult<()> {
         let key = (name.to_owned(), client);
         let checked = self.wrong_passwords.check(&key, Instant::now());
         checked.map_err(self.limited(Limited::WrongPasswords))
     }
 
     /// Counts a wrong password from `client` for `name`.
-    pub(super) fn wrong_password(&self, name: &str, client: IpAddr) {
+    pub(crate) fn wrong_password(&self, name: &str, client: IpAddr) {
         // Refused means the pair is used up already: the next try is.
         let _ = self
             .wrong_passwords
@@ -77,19 +78,19 @@ impl Rates {
     }
 
     /// Whether client process `client` may call /status now.
-    pub(super) fn status_change(&self, client: u64) -> HubResult<()> {
+    pub(crate) fn status_change(&self, client: u64) -> HubResult<()> {
         let taken = self.statuses.take(&client, Instant::now());
         taken.map_err(self.limited(Limited::StatusChanges))
     }
 
     /// Whether `user` may create a room now.
-    pub(super) fn room_creation(&self, user: &str) -> HubResult<()> {
+    pub(crate) fn room_creation(&self, user: &str) -> HubResult<()> {
         let taken = self.rooms.take(user, Instant::now());
         taken.map_err(self.limited(Limited::RoomCreations))
     }
 
     /// Whether `user`, of shard `shard`, may send a message now.
-    pub(super) fn send(&self, shard: usize, user: &str) -> HubResult<()> {
+    pub(crate) fn send(&self, shard: usize, user: &str) -> HubResult<()> {
         let taken = self.sends[shard % SHARDS].take(user, Instant::now());
         taken.map_err(self.limited(Limited::Sends))
     }

@@ -4,7 +4,8 @@
 //! puts it on loopback or a network only the scraper reaches.
 //!
 //! Scrapes are rare (seconds apart) and cheap: counters are read with
-//! relaxed loads, gauges with one shard lock at a time (`Hub::gauges`) and
+//! relaxed loads, gauges with one shard lock at a time (`Hub::gauges`; a cluster node
+//! gives its own parked polls) and
 //! the connection registry's lock once.
 
 use std::convert::Infallible;
@@ -20,8 +21,8 @@ use tokio::sync::watch;
 
 use super::connections::Connections;
 use crate::config::MAX_HEADER_BYTES;
+use crate::engine::Engine;
 use crate::http::endpoint_labels;
-use crate::hub::Hub;
 
 /// The Prometheus text format's media type.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -30,7 +31,7 @@ const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// is its own task; they end with the process (a scrape is short).
 pub(super) async fn serve(
     listener: TcpListener,
-    hub: Hub,
+    engine: Engine,
     connections: Connections,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -57,11 +58,11 @@ pub(super) async fn serve(
             },
             _ = &mut stopped => return,
         };
-        let hub = hub.clone();
+        let engine = engine.clone();
         let connections = connections.clone();
         let labels = labels.clone();
         let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-            let answer = answer(&request, &hub, &connections, &labels);
+            let answer = answer(&request, &engine, &connections, &labels);
             async move { Ok::<_, Infallible>(answer) }
         });
         let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -75,7 +76,7 @@ pub(super) async fn serve(
 
 fn answer<B>(
     request: &Request<B>,
-    hub: &Hub,
+    engine: &Engine,
     connections: &Connections,
     labels: &[&str],
 ) -> Response<Full<Bytes>> {
@@ -86,9 +87,9 @@ fn answer<B>(
         *response.status_mut() = StatusCode::NOT_FOUND;
         return response;
     }
-    let mut gauges = hub.gauges();
+    let mut gauges = engine.gauges();
     gauges.open_connections = connections.open();
-    let text = hub.metrics().render(gauges, labels);
+    let text = engine.metrics().render(gauges, labels);
     let mut response = Response::new(Full::new(Bytes::from(text)));
     response
         .headers_mut()

@@ -1,12 +1,22 @@
 //! Test harness: a real parlor server on 127.0.0.1:0 in this process, and a
 //! small HTTP client that speaks to it over real TCP connections.
+//!
+//! With `PARLOR_TEST_CLUSTER=N` in the environment, every `TestServer` is a
+//! cluster instead: its own `redis-server` (see `redis`) and N nodes in this
+//! process sharing it, each request going to a node picked at random. The
+//! same tests then check the cluster's contract; those that look inside a
+//! single node's hub skip themselves (`skip_in_cluster_mode`).
 #![allow(dead_code)] // each test file uses a different subset
 
 pub mod nginx;
+pub mod redis;
 
+use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use clap::Parser as _;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{HeaderMap, Method, Request};
@@ -20,10 +30,58 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub struct TestServer {
+    /// The first node's address (the only one outside cluster mode). Tests
+    /// that open their own connections use it; `request` and the helpers
+    /// built on it spread over every node.
     pub addr: SocketAddr,
-    pub hub: Hub,
+    /// Every node's address.
+    pub addrs: Vec<SocketAddr>,
+    /// The single node's hub; None in cluster mode.
+    hub: Option<Hub>,
+    nodes: Vec<Node>,
+    /// Cluster mode's Redis, killed when the server is dropped.
+    pub redis: Option<redis::RedisServer>,
+}
+
+/// One server process's worth of parlor running in this test process.
+struct Node {
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+}
+
+/// The number of cluster nodes asked for with `PARLOR_TEST_CLUSTER` (0:
+/// single-node mode, the default).
+pub fn cluster_nodes() -> usize {
+    match std::env::var("PARLOR_TEST_CLUSTER") {
+        Ok(text) if !text.trim().is_empty() => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("PARLOR_TEST_CLUSTER={text:?} is not a node count")),
+        _ => 0,
+    }
+}
+
+/// True (after printing why) when the suite runs in cluster mode: for
+/// tests that inspect one node's hub, which a cluster does not have. Use
+/// as `if common::skip_in_cluster_mode("why") { return; }`.
+pub fn skip_in_cluster_mode(why: &str) -> bool {
+    if cluster_nodes() == 0 {
+        return false;
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_owned();
+    eprintln!("note: {test} skipped in cluster mode: {why}");
+    true
+}
+
+/// A node index picked at random per request.
+fn random_index(count: usize) -> usize {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    (hasher.finish() % count as u64) as usize
 }
 
 /// An answer: status, headers, and the body as JSON (Null if not JSON).
@@ -64,35 +122,81 @@ impl TestServer {
         TestServer::start_with(test_config()).await
     }
 
+    /// A server with `config`; in cluster mode, a Redis and
+    /// `PARLOR_TEST_CLUSTER` nodes with `config` pointed at it. A durable
+    /// `config` (not `--ephemeral`) keeps that Redis's files in
+    /// `DATA_DIR/redis`, so a test that starts a server again on the same
+    /// directory finds its state again in both modes.
     pub async fn start_with(config: Config) -> TestServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = Server::open(config).unwrap();
-        let hub = server.hub();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server
-                .run(listener, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
+        let count = cluster_nodes();
+        if count == 0 {
+            let server = Server::open(config).unwrap();
+            let hub = Some(server.hub());
+            let (addr, node) = serve(server).await;
+            return TestServer {
+                addr,
+                addrs: vec![addr],
+                hub,
+                nodes: vec![node],
+                redis: None,
+            };
+        }
+        let redis = if config.ephemeral {
+            redis::RedisServer::start()
+        } else {
+            redis::RedisServer::start_in(&config.data_dir.join("redis"))
+        };
+        let config = cluster_config(config, &redis.url());
+        let mut addrs = Vec::new();
+        let mut nodes = Vec::new();
+        for _ in 0..count {
+            let server = open_node(config.clone()).await;
+            let (addr, node) = serve(server).await;
+            addrs.push(addr);
+            nodes.push(node);
+        }
+        for addr in &addrs {
+            wait_until_healthy(*addr).await;
+        }
         TestServer {
-            addr,
-            hub,
-            stop: Some(stop),
-            task: Some(task),
+            addr: addrs[0],
+            addrs,
+            hub: None,
+            nodes,
+            redis: Some(redis),
         }
     }
 
-    /// Stops the server and waits for it to finish shutting down.
+    /// Whether this server is a cluster (`PARLOR_TEST_CLUSTER`).
+    pub fn is_cluster(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// The single node's hub. Tests that call it skip cluster mode first
+    /// (`skip_in_cluster_mode`).
+    pub fn hub(&self) -> &Hub {
+        self.hub
+            .as_ref()
+            .expect("a cluster has no hub: skip_in_cluster_mode at the test's start")
+    }
+
+    /// An address to send the next request to: a node picked at random.
+    pub fn any_addr(&self) -> SocketAddr {
+        self.addrs[random_index(self.addrs.len())]
+    }
+
+    /// Stops the server (every node) and waits for it to finish shutting
+    /// down.
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        for node in &mut self.nodes {
+            if let Some(stop) = node.stop.take() {
+                let _ = stop.send(());
+            }
         }
-        if let Some(task) = self.task.take() {
-            task.await.unwrap();
+        for node in &mut self.nodes {
+            if let Some(task) = node.task.take() {
+                task.await.unwrap();
+            }
         }
     }
 
@@ -103,7 +207,7 @@ impl TestServer {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Answer {
-        request_to(self.addr, method, path, headers, body).await
+        request_to(self.any_addr(), method, path, headers, body).await
     }
 
     /// POST with a form body, as `curl -d` sends.
@@ -142,7 +246,7 @@ impl TestServer {
     /// Sends raw bytes on a new connection and reads until the server closes
     /// it or `read_for` passes.
     pub async fn raw(&self, bytes: &[u8], read_for: Duration) -> String {
-        let mut stream = TcpStream::connect(self.addr).await.unwrap();
+        let mut stream = TcpStream::connect(self.any_addr()).await.unwrap();
         stream.write_all(bytes).await.unwrap();
         let mut out = Vec::new();
         let _ = tokio::time::timeout(read_for, stream.read_to_end(&mut out)).await;
@@ -168,10 +272,68 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        for node in &mut self.nodes {
+            if let Some(stop) = node.stop.take() {
+                let _ = stop.send(());
+            }
         }
     }
+}
+
+/// Serves `server` on a fresh port of 127.0.0.1 until its node is stopped.
+async fn serve(server: Server) -> (SocketAddr, Node) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    let node = Node {
+        stop: Some(stop),
+        task: Some(task),
+    };
+    (addr, node)
+}
+
+/// Waits until the node at `addr` answers /healthz 200, as a load balancer
+/// would before sending it traffic (a node has subscribed to wake-ups
+/// only a moment after it starts).
+async fn wait_until_healthy(addr: SocketAddr) {
+    let started = std::time::Instant::now();
+    loop {
+        let answer = request_to(addr, Method::GET, "/healthz", &[], Vec::new()).await;
+        if answer.status == 200 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "node {addr} is not healthy: {}",
+            answer.text
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `config` as a cluster node on the Redis at `url`: no store of its own.
+pub fn cluster_config(mut config: Config, url: &str) -> Config {
+    let parsed = Config::try_parse_from(["parlor", "--redis", url])
+        .unwrap_or_else(|error| panic!("{url} is refused as --redis: {error}"));
+    config.redis = parsed.redis;
+    config.ephemeral = false;
+    config.data_dir = parsed.data_dir;
+    config
+}
+
+/// Opens a cluster node (connecting to its Redis).
+async fn open_node(config: Config) -> Server {
+    Server::connect(config)
+        .await
+        .unwrap_or_else(|error| panic!("a cluster node does not start: {error}"))
 }
 
 /// One client process (a tab) with its own cursor.

@@ -1,6 +1,8 @@
 //! A real nginx (Debian's package) in front of a test server: started on a
 //! free port with its own prefix directory and parlor's shipped proxy
-//! settings (`contrib/nginx/parlor-proxy.conf`), stopped on drop.
+//! settings (`contrib/nginx/parlor-proxy.conf`), or in front of cluster
+//! nodes with the shipped `contrib/nginx/parlor-cluster.conf`; stopped on
+//! drop.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -20,6 +22,13 @@ fn binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
 }
 
+/// A file shipped in `contrib/nginx/`.
+fn contrib(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("contrib/nginx")
+        .join(name)
+}
+
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("bound address").port()
@@ -28,6 +37,49 @@ fn free_port() -> u16 {
 impl Nginx {
     /// nginx on 127.0.0.1, proxying everything to `upstream`.
     pub fn start(upstream: SocketAddr) -> Nginx {
+        let proxy_conf = contrib("parlor-proxy.conf");
+        Nginx::start_with(|port| {
+            format!(
+                "upstream parlor {{ server {upstream}; keepalive 16; }}\n\
+                 server {{\n\
+                   listen 127.0.0.1:{port};\n\
+                   location / {{\n\
+                     proxy_pass http://parlor;\n\
+                     include {proxy_conf};\n\
+                   }}\n\
+                 }}\n",
+                proxy_conf = proxy_conf.display(),
+            )
+        })
+    }
+
+    /// nginx on 127.0.0.1 with the shipped cluster configuration
+    /// (`contrib/nginx/parlor-cluster.conf`) as is, but for its addresses:
+    /// its three upstream servers become `nodes`.
+    pub fn start_cluster(nodes: [SocketAddr; 3]) -> Nginx {
+        let shipped = std::fs::read_to_string(contrib("parlor-cluster.conf"))
+            .expect("contrib/nginx/parlor-cluster.conf is readable");
+        Nginx::start_with(|port| {
+            let mut conf = shipped
+                .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
+                .replace(
+                    "/etc/nginx/parlor-proxy.conf",
+                    &contrib("parlor-proxy.conf").display().to_string(),
+                );
+            for (example, node) in ["10.0.0.11:8080", "10.0.0.12:8080", "10.0.0.13:8080"]
+                .iter()
+                .zip(nodes)
+            {
+                assert!(conf.contains(example), "the shipped file names {example}");
+                conf = conf.replace(example, &node.to_string());
+            }
+            conf
+        })
+    }
+
+    /// nginx on 127.0.0.1 with `http` (given the port to listen on) inside
+    /// its `http` block.
+    fn start_with(http: impl FnOnce(u16) -> String) -> Nginx {
         let nginx = binary();
         assert!(
             nginx.exists(),
@@ -41,8 +93,6 @@ impl Nginx {
         ));
         std::fs::create_dir_all(&dir).expect("nginx prefix directory");
         let port = free_port();
-        let proxy_conf =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/nginx/parlor-proxy.conf");
         let conf = format!(
             "daemon off;\n\
              master_process off;\n\
@@ -57,17 +107,10 @@ impl Nginx {
                fastcgi_temp_path {dir}/fastcgi;\n\
                uwsgi_temp_path {dir}/uwsgi;\n\
                scgi_temp_path {dir}/scgi;\n\
-               upstream parlor {{ server {upstream}; keepalive 16; }}\n\
-               server {{\n\
-                 listen 127.0.0.1:{port};\n\
-                 location / {{\n\
-                   proxy_pass http://parlor;\n\
-                   include {proxy_conf};\n\
-                 }}\n\
-               }}\n\
+               {http}\n\
              }}\n",
             dir = dir.display(),
-            proxy_conf = proxy_conf.display(),
+            http = http(port),
         );
         std::fs::write(dir.join("nginx.conf"), conf).expect("write nginx.conf");
         let process = Command::new(&nginx)

@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Redis's cost of messages and parked polls in cluster mode, and its
+latency while a lobby message wakes every parked poll.
+
+Starts nothing: run a scratch redis-server and a parlor node (or several)
+on it first, e.g.
+  redis-server --port 16396 --save "" --appendonly no &
+  parlor --listen 127.0.0.1:18096 --redis redis://127.0.0.1:16396/0 \\
+      --argon2-memory-kib 8 --argon2-iterations 1 --signups-per-ip 0 \\
+      --send-rate 0 --inactivity-timeout 10m --poll-timeout 25s &
+  scripts/cluster-redis-costs.py 16396 18096 500 1000
+  (several nodes: 18096,18097,18098 — requests go to them in turn)
+
+Joins USERS users (one client process each) and reports, from Redis's
+`INFO memory` used_memory and `MEMORY USAGE`:
+- a lobby message: in history, in the lobby log, its client_msg_id answer;
+- a lobby message once copied into every mailbox (per mailbox copy);
+- a room message to USERS online members;
+- a parked poll (USERS polls parked at once).
+Then Redis's own latency while one lobby message wakes every parked poll:
+a PING every millisecond on a connection of its own (as `redis-cli
+--latency` does) and SLOWLOG's durations of the scripts that ran. Never
+point it at a Redis that holds anything else: it writes to it.
+"""
+import http.client
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+
+redis_port = sys.argv[1]
+parlor_ports = [int(port) for port in sys.argv[2].split(",")]
+users = int(sys.argv[3])
+messages = int(sys.argv[4])
+TEXT = "x" * 64
+turn = [0]
+
+
+def redis(*args):
+    return subprocess.run(["redis-cli", "-p", redis_port, *args],
+                          capture_output=True, text=True).stdout.strip()
+
+
+def used_memory():
+    line = [l for l in redis("info", "memory").splitlines() if l.startswith("used_memory:")][0]
+    return int(line.split(":")[1])
+
+
+def call(method, path, body=None, timeout=60):
+    turn[0] += 1
+    port = parlor_ports[turn[0] % len(parlor_ports)]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn.request(method, path, body, {"content-type": "application/x-www-form-urlencoded"})
+    answer = conn.getresponse()
+    status, body = answer.status, json.loads(answer.read())
+    conn.close()
+    if status != 200:
+        raise RuntimeError(f"{method} {path}: {status} {body}")
+    return body
+
+
+def post(path, **fields):
+    return call("POST", path, urllib.parse.urlencode(fields))
+
+
+def poll(client, timeout_ms):
+    query = urllib.parse.urlencode({"token": client[0], "cursor": client[1], "timeout": timeout_ms})
+    answer = call("GET", "/poll?" + query)
+    client[1] = answer["cursor"]
+    return answer["events"]
+
+
+def drain(clients):
+    for client in clients:
+        while poll(client, 0):
+            pass
+
+
+def per(delta, count):
+    return f"{delta / count:.0f} B"
+
+
+clients = []
+for i in range(users):
+    joined = post("/join", name=f"user{i}", password="pw")
+    clients.append([joined["token"], joined["cursor"]])
+drain(clients)
+sender = clients[0][0]
+
+print(f"{users} online users, {messages} messages of {len(TEXT)} bytes of text each")
+before = used_memory()
+for n in range(messages):
+    post("/send", token=sender, conversation="lobby", text=TEXT, client_msg_id=f"lobby-{n}")
+sent = used_memory()
+print(f"lobby message, before any poll: {per(sent - before, messages)} "
+      f"(history {per(int(redis('memory', 'usage', 'parlor:hist:{lobby}', 'samples', '0')), messages)}, "
+      f"lobby log {per(int(redis('memory', 'usage', 'parlor:lobbylog', 'samples', '0')), messages)}, "
+      f"client_msg_id answer {redis('memory', 'usage', 'parlor:cmid:{user0}:lobby-0')} B)")
+# Each mailbox copies the lobby messages at its reads (at most 256 per
+# read). Reading again from the same cursor acknowledges nothing, so every
+# copy stays in the mailbox.
+for client in clients:
+    cursor = client[1]
+    for _ in range(messages // 256 + 2):
+        poll(client, 0)
+        client[1] = cursor
+copied = users * messages
+in_mailboxes = used_memory()
+mbox = int(redis("memory", "usage", "parlor:mbox:{user1}", "samples", "0"))
+print(f"a lobby message copied into a mailbox: {per(in_mailboxes - sent, copied)} per copy "
+      f"(MEMORY USAGE of one mailbox / its events: {per(mbox, messages)})")
+drain(clients)
+drained = used_memory()
+print(f"every mailbox drained: {drained - before:+d} B left from the {messages} messages "
+      f"(history, log and client_msg_id answers)")
+
+for client in clients:
+    post("/rooms/join", token=client[0], name="costs")
+drain(clients)
+before = used_memory()
+for n in range(messages):
+    post("/send", token=sender, conversation="costs", text=TEXT)
+room = used_memory()
+print(f"room message to {users} online members: {per(room - before, messages)} "
+      f"({per(room - before, messages * users)} per member)")
+drain(clients)
+
+# Parked polls: every client parks at once; Redis memory is read while they
+# wait.
+before = used_memory()
+parked = []
+for client in clients:
+    thread = threading.Thread(target=poll, args=(client, 20000), daemon=True)
+    thread.start()
+    parked.append(thread)
+time.sleep(3)
+during = used_memory()
+print(f"parked poll: {(during - before) / users:+.1f} B each ({users} parked)")
+
+# Latency while one lobby message wakes them all.
+redis("config", "set", "slowlog-log-slower-than", "0")
+redis("config", "set", "slowlog-max-len", "1000000")
+redis("slowlog", "reset")
+samples = []
+stop = threading.Event()
+
+
+def sample_latency():
+    sock = socket.create_connection(("127.0.0.1", int(redis_port)))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while not stop.is_set():
+        started = time.perf_counter()
+        sock.sendall(b"PING\r\n")
+        sock.recv(64)
+        samples.append((time.perf_counter() - started) * 1000)
+        time.sleep(0.001)
+    sock.close()
+
+
+sampler = threading.Thread(target=sample_latency)
+sampler.start()
+time.sleep(0.5)
+idle = list(samples)
+sent_at = time.perf_counter()
+post("/send", token=sender, conversation="lobby", text=TEXT)
+for thread in parked:
+    thread.join()
+woken_in = (time.perf_counter() - sent_at) * 1000
+time.sleep(0.5)
+stop.set()
+sampler.join()
+during = samples[len(idle):]
+log = redis("slowlog", "get", "1000000").splitlines()
+redis("config", "set", "slowlog-log-slower-than", "10000")
+
+
+def scripts_run():
+    """{script sha: [durations in µs]} from SLOWLOG GET as redis-cli prints
+    it: each entry's id, time, duration, then the command's words (EVALSHA,
+    the sha, ...)."""
+    runs = {}
+    for index, line in enumerate(log):
+        if line.lower() == "evalsha" and index + 1 < len(log):
+            runs.setdefault(log[index + 1], []).append(int(log[index - 1]))
+    return runs
+
+
+def quantile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+print(f"one lobby message woke {users} parked polls; all answered in {woken_in:.0f} ms")
+print(f"Redis PING latency, idle: p50 {quantile(idle, 0.5):.2f} ms, max {max(idle):.2f} ms "
+      f"({len(idle)} samples)")
+print(f"Redis PING latency meanwhile: p50 {quantile(during, 0.5):.2f} ms, "
+      f"p99 {quantile(during, 0.99):.2f} ms, max {max(during):.2f} ms ({len(during)} samples)")
+for sha, runs in sorted(scripts_run().items(), key=lambda item: len(item[1])):
+    print(f"script {sha[:8]}: {len(runs)} runs, p50 {quantile(runs, 0.5)} µs, "
+          f"max {max(runs)} µs, total {sum(runs) / 1000:.1f} ms of Redis time")

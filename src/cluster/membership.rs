@@ -1,0 +1,275 @@
+//! /join, /sync, /leave, /status and /users in cluster mode: opening and
+//! closing client processes in Redis (`open_client.lua`, `sync.lua`,
+//! `leave.lua`, `status.lua`), and the online list they answer with.
+//!
+//! Passwords are hashed and verified here, off Redis, by the node's
+//! `PasswordHasherPool`; `claim_account.lua` only stores a hash if the name
+//! is free (two nodes claiming one name at once: the first wins, the other
+//! verifies against it). An account has a `kind`: a password join on a
+//! `jwt` account is refused like a wrong password.
+//!
+//! The online list (`online` hash) is read whole, so each node keeps the
+//! last one it read with the presence version it was read at: every change
+//! to who is online or to a status bumps that version in the same script,
+//! so an answer whose script saw the same version reuses it.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::Value;
+
+use super::scripts::{self, array, integer, text, Args};
+use super::{keys, Cluster};
+use crate::config::MAX_PASSWORD_BYTES;
+use crate::conversation::{is_dialog, Conversation};
+use crate::event::Status;
+use crate::hub::online::OnlineSnapshot;
+use crate::hub::{valid_name, HubResult, Refusal, Session};
+use crate::metrics::RateLimit;
+
+script!(CLAIM_ACCOUNT, "claim_account");
+script!(OPEN_CLIENT, "open_client");
+script!(SYNC, "sync");
+script!(LEAVE, "leave");
+script!(STATUS, "status");
+script!(ONLINE, "online");
+
+/// The kind of account a password /join may use.
+const PASSWORD_KIND: &str = "password";
+
+impl Cluster {
+    /// POST /join from the client address `from`: checks or claims the
+    /// name, then opens a client process.
+    pub async fn join(&self, name: &str, password: &str, from: IpAddr) -> HubResult<Session> {
+        if !valid_name(name) {
+            return Err(Refusal::InvalidUserName);
+        }
+        if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
+            return Err(Refusal::InvalidPassword);
+        }
+        self.check_password(name, password, from).await?;
+        let token = crate::auth::new_token();
+        let args = Args::new()
+            .arg(name)
+            .arg(keys::token_sha(&token))
+            .arg(millis(self.config().inactivity_timeout));
+        let answer = scripts::run(self.redis(), &OPEN_CLIENT, &[], args).await;
+        let answer = answer.inspect_err(|refusal| {
+            if matches!(refusal, Refusal::TooManyClients { .. }) {
+                self.metrics().rate_limited(RateLimit::Clients);
+            }
+        })?;
+        let client = answer.first().and_then(integer).unwrap_or(0);
+        let mut session = self.session(name, client, &answer[1..]).await?;
+        session.token = Some(token);
+        tracing::debug!(user = name, client, "client joined");
+        Ok(session)
+    }
+
+    /// Checks `password` for `name`, or claims the name with it; limited as
+    /// single-node limits it (per node).
+    async fn check_password(&self, name: &str, password: &str, from: IpAddr) -> HubResult<()> {
+        let rates = self.rates();
+        rates.password_try(name, from)?;
+        let account = redis::cmd("HMGET")
+            .arg(keys::account(name))
+            .arg("kind")
+            .arg("phc")
+            .clone();
+        let (kind, phc): (Option<String>, Option<String>) =
+            scripts::command(self.redis(), &account).await?;
+        let (kind, phc) = match (kind, phc) {
+            (Some(kind), phc) => (kind, phc.unwrap_or_default()),
+            (None, _) => {
+                rates.signup(name, from)?;
+                let hash = self.hash(password).await?;
+                let args = Args::new().arg(name).arg(PASSWORD_KIND).arg(&hash);
+                let claimed = scripts::run(self.redis(), &CLAIM_ACCOUNT, &[], args).await?;
+                if claimed.first().and_then(integer) == Some(1) {
+                    return Ok(());
+                }
+                // Another node claimed the name while we hashed.
+                let kind = claimed.get(1).map(text).unwrap_or_default();
+                let phc = claimed.get(2).map(text).unwrap_or_default();
+                (kind, phc)
+            }
+        };
+        let matches = kind == PASSWORD_KIND && self.verify(password, &phc).await?;
+        if matches {
+            Ok(())
+        } else {
+            rates.wrong_password(name, from);
+            Err(Refusal::BadCredentials {
+                name: name.to_owned(),
+            })
+        }
+    }
+
+    async fn hash(&self, password: &str) -> HubResult<String> {
+        let hashed = self.shared.hasher.hash(password).await;
+        hashed.map_err(|busy| self.busy(busy))
+    }
+
+    async fn verify(&self, password: &str, phc: &str) -> HubResult<bool> {
+        let verified = self.shared.hasher.verify(password, phc).await;
+        verified.map_err(|busy| self.busy(busy))
+    }
+
+    fn busy(&self, crate::auth::Busy(wait): crate::auth::Busy) -> Refusal {
+        self.metrics().rate_limited(RateLimit::HashQueue);
+        Refusal::Busy { wait }
+    }
+
+    /// GET /sync: a fresh session at the mailbox's head.
+    pub async fn sync(&self, token: &str) -> HubResult<Session> {
+        let args = Args::new()
+            .arg(keys::token_sha(token))
+            .arg(millis(self.config().inactivity_timeout));
+        let answer = scripts::run(self.redis(), &SYNC, &[], args).await?;
+        let client = answer.first().and_then(integer).unwrap_or(0);
+        let user = answer.get(1).map(text).unwrap_or_default();
+        self.session(&user, client, &answer[2..]).await
+    }
+
+    /// POST /status, a few times a second at most per client process.
+    pub async fn set_status(&self, token: &str, status: Status) -> HubResult<()> {
+        let sha = keys::token_sha(token);
+        self.rates().status_change(client_key(&sha))?;
+        let status = match status {
+            Status::Online => "online",
+            Status::Busy => "busy",
+            Status::Away => "away",
+            Status::Offline => return Err(Refusal::StoreUnavailable),
+        };
+        let args = Args::new().arg(sha).arg(status);
+        scripts::run(self.redis(), &STATUS, &[], args).await?;
+        Ok(())
+    }
+
+    /// POST /leave: ends the client process now.
+    pub async fn leave(&self, token: &str) -> HubResult<()> {
+        let args = Args::new().arg(keys::token_sha(token));
+        scripts::run(self.redis(), &LEAVE, &[], args).await?;
+        Ok(())
+    }
+
+    /// GET /users: who is online, with their status.
+    pub async fn users(&self, token: &str) -> HubResult<Arc<OnlineSnapshot>> {
+        let args = Args::new().arg(keys::token_sha(token));
+        let answer = scripts::run(self.redis(), &ONLINE, &[], args).await?;
+        Ok(self.online_from(&answer))
+    }
+
+    /// A session from `session_of`'s answer (head, presence version, rooms,
+    /// dialogs).
+    async fn session(&self, user: &str, client: u64, answer: &[Value]) -> HubResult<Session> {
+        let head = answer.first().and_then(integer).unwrap_or(0);
+        let version = answer.get(1).and_then(integer).unwrap_or(0);
+        let mut rooms = conversations(answer.get(2));
+        rooms.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut dialogs = conversations(answer.get(3));
+        dialogs.sort_by(|a, b| a.id.cmp(&b.id));
+        rooms.extend(dialogs);
+        let config = self.config();
+        Ok(Session {
+            user: user.to_owned(),
+            client,
+            token: None,
+            cursor: head,
+            poll_timeout_ms: millis(config.poll_timeout),
+            inactivity_timeout_ms: millis(config.inactivity_timeout),
+            online: self.online(version).await?,
+            rooms_and_dialogs: rooms,
+        })
+    }
+
+    /// The online list at presence version `version` or later: the one
+    /// this node read last if it is that recent, else read anew.
+    async fn online(&self, version: u64) -> HubResult<Arc<OnlineSnapshot>> {
+        if let Some((cached, snapshot)) = &*self.online_cache() {
+            if *cached >= version {
+                return Ok(snapshot.clone());
+            }
+        }
+        let answer = scripts::run(self.redis(), &ONLINE, &[], Args::new()).await?;
+        Ok(self.online_from(&answer))
+    }
+
+    /// The online list from `online.lua`'s answer (version, name, status,
+    /// ...), kept for the next answers if it is the newest read.
+    fn online_from(&self, answer: &[Value]) -> Arc<OnlineSnapshot> {
+        let version = answer.first().and_then(integer).unwrap_or(0);
+        if let Some((cached, snapshot)) = &*self.online_cache() {
+            if *cached == version {
+                return snapshot.clone();
+            }
+        }
+        let mut users: Vec<(String, String)> = answer[1.min(answer.len())..]
+            .chunks_exact(2)
+            .map(|pair| (text(&pair[0]), text(&pair[1])))
+            .collect();
+        users.sort_unstable();
+        let snapshot = Arc::new(snapshot_of(&users));
+        let mut cache = self.online_cache();
+        if cache.as_ref().is_none_or(|(cached, _)| *cached < version) {
+            *cache = Some((version, snapshot.clone()));
+        }
+        snapshot
+    }
+
+    fn online_cache(&self) -> std::sync::MutexGuard<'_, Option<(u64, Arc<OnlineSnapshot>)>> {
+        let cache = self.shared.online.lock();
+        cache.unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The JSON arrays of an online list sorted by name.
+fn snapshot_of(users: &[(String, String)]) -> OnlineSnapshot {
+    #[derive(serde::Serialize)]
+    struct User<'a> {
+        name: &'a str,
+        status: &'a str,
+    }
+    let listed: Vec<User> = users
+        .iter()
+        .map(|(name, status)| User { name, status })
+        .collect();
+    let names: Vec<&str> = users.iter().map(|(name, _)| name.as_str()).collect();
+    OnlineSnapshot {
+        users: serde_json::to_string(&listed).expect("names serialize"),
+        names: serde_json::to_string(&names).expect("names serialize"),
+    }
+}
+
+/// Conversations answered as {id, member...} tables.
+fn conversations(value: Option<&Value>) -> Vec<Conversation> {
+    let Some(value) = value else {
+        return Vec::new();
+    };
+    array(value)
+        .iter()
+        .filter_map(|conversation| {
+            let items = array(conversation);
+            let id = text(items.first()?);
+            let mut members: Vec<String> = items[1..].iter().map(text).collect();
+            members.sort_unstable();
+            Some(if is_dialog(&id) {
+                let [first, second]: [String; 2] = members.try_into().ok()?;
+                Conversation::dialog(id, [first, second])
+            } else {
+                Conversation::room(&id, members)
+            })
+        })
+        .collect()
+}
+
+/// A client process's key in this node's /status limiter: its token's
+/// hash stands for it (one token, one client process).
+fn client_key(sha: &str) -> u64 {
+    u64::from_str_radix(&sha[..16.min(sha.len())], 16).unwrap_or(0)
+}
+
+pub(super) fn millis(duration: Duration) -> u64 {
+    duration.as_millis().try_into().unwrap_or(u64::MAX)
+}

@@ -1,0 +1,2 @@
+-- Checks that scripts run (start and /healthz): answers Redis's time.
+return { 'ok', time_ms() }
