@@ -29,6 +29,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::auth::join_token::JoinTokens;
 use crate::config::{Config, MAX_HEADER_BYTES};
 use crate::http::cors::Cors;
 use crate::http::{self, App};
@@ -57,6 +58,9 @@ pub struct Server {
     /// Checked when the server opens, so a bad `--allow-origin` stops the
     /// start before anything listens.
     cors: Cors,
+    /// Checks /join's `auth` JWTs; built at open, so that a join secret too
+    /// short stops the start.
+    join_tokens: Option<Arc<JoinTokens>>,
     /// Bound at open when `--metrics-listen` is set (so that a taken port
     /// stops the start); served by `run` (see `scrape`).
     metrics_listener: Option<std::net::TcpListener>,
@@ -98,6 +102,10 @@ impl Server {
         )?;
         tracing::info!(stats = ?hub.stats(), resumed_in = ?started.elapsed(), "state resumed");
         let cors = Cors::new(&config.allow_origin)?;
+        let join_tokens = match &config.join_secret {
+            Some(secret) => Some(Arc::new(JoinTokens::new(secret.as_bytes())?)),
+            None => None,
+        };
         let metrics_listener = match config.metrics_listen {
             Some(address) => Some(bind_metrics(address)?),
             None => None,
@@ -106,6 +114,7 @@ impl Server {
             config,
             hub,
             cors,
+            join_tokens,
             metrics_listener,
         })
     }
@@ -131,11 +140,13 @@ impl Server {
             config,
             hub,
             cors,
+            join_tokens,
             metrics_listener,
         } = self;
         let app = App {
             hub: hub.clone(),
             admin_token: config.admin_token.as_deref().map(Arc::from),
+            join_tokens,
             public_dir: Arc::new(PathBuf::from(&config.public_dir)),
             cors: Arc::new(cors),
             trusted_proxies: config.trusted_proxies.clone().into(),

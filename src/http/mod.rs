@@ -37,6 +37,7 @@ use hyper::header::{HeaderValue, ALLOW, X_CONTENT_TYPE_OPTIONS};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::api;
+use crate::auth::join_token::JoinTokens;
 use crate::error::{ApiError, ApiResult};
 use crate::hub::Hub;
 use request::Params;
@@ -48,6 +49,8 @@ pub struct App {
     pub hub: Hub,
     /// Enables POST /api/publish when set.
     pub admin_token: Option<Arc<str>>,
+    /// Checks /join's `auth` JWTs, when the server has a join secret.
+    pub join_tokens: Option<Arc<JoinTokens>>,
     pub public_dir: Arc<PathBuf>,
     /// The origins whose pages may call the API (`--allow-origin`).
     pub cors: Arc<cors::Cors>,
@@ -230,7 +233,8 @@ async fn route(
         Endpoint::Join => {
             // Only /join limits by address, so only it reads the headers.
             let client = client_addr::client_ip(peer, request.headers(), &app.trusted_proxies);
-            api::session::join(hub, client, Params::read(request).await?).await
+            let params = Params::read(request).await?;
+            api::session::join(hub, app.join_tokens.as_deref(), client, params).await
         }
         Endpoint::Sync => api::session::sync(hub, Params::read(request).await?),
         Endpoint::Poll => api::session::poll(hub, Params::read(request).await?).await,
