@@ -236,6 +236,11 @@ pub struct Config {
     )]
     pub argon2_iterations: u32,
 
+    /// On Ctrl-C or SIGTERM, keep serving this long with /readyz answering 503 before parked polls
+    /// are answered and connections closed, so that a load balancer stops sending first (0: at once).
+    #[arg(long, env = "PARLOR_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+
     /// A connection must send a request's headers within this long, or it is closed.
     #[arg(long, env = "PARLOR_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,

@@ -11,7 +11,9 @@
 //! in `MAX_HEADER_BYTES`, so a slow or bloated client is cut off without
 //! holding up others.
 //!
-//! Shutdown: stop accepting, answer every parked poll at once (empty) so
+//! Shutdown: /readyz answers 503 at once, and for `--drain-delay` the
+//! server serves on as before, so that load balancers stop sending; then
+//! stop accepting, answer every parked poll at once (empty) so
 //! clients re-poll promptly, let in-flight answers finish, close idle
 //! keep-alive connections, and give up on stragglers after `SHUTDOWN_GRACE`.
 
@@ -29,6 +31,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::api::health::Readiness;
 use crate::auth::join_token::JoinTokens;
 use crate::config::{Config, MAX_HEADER_BYTES};
 use crate::http::cors::Cors;
@@ -143,10 +146,12 @@ impl Server {
             join_tokens,
             metrics_listener,
         } = self;
+        let readiness = Arc::new(Readiness::default());
         let app = App {
             hub: hub.clone(),
             admin_token: config.admin_token.as_deref().map(Arc::from),
             join_tokens,
+            readiness: readiness.clone(),
             public_dir: Arc::new(PathBuf::from(&config.public_dir)),
             cors: Arc::new(cors),
             trusted_proxies: config.trusted_proxies.clone().into(),
@@ -177,6 +182,7 @@ impl Server {
             .max_buf_size(MAX_HEADER_BYTES)
             .keep_alive(true);
 
+        let shutdown = drain_after(shutdown, &readiness, config.drain_delay);
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -253,6 +259,23 @@ impl Server {
         // (presence copies, trims) so a restart resumes exactly here.
         hub.close_store();
         Ok(())
+    }
+}
+
+/// Completes `delay` after `shutdown` does. From the moment `shutdown`
+/// completes, /readyz answers 503, while everything is still served as
+/// before (parked polls held, new connections taken): a load balancer that
+/// checks /readyz stops sending here before the shutdown proper answers
+/// parked polls and closes connections.
+async fn drain_after(shutdown: impl Future<Output = ()>, readiness: &Readiness, delay: Duration) {
+    shutdown.await;
+    readiness.drain();
+    if !delay.is_zero() {
+        tracing::info!(
+            ?delay,
+            "shutting down: /readyz answers 503; serving until the drain delay ends"
+        );
+        tokio::time::sleep(delay).await;
     }
 }
 

@@ -37,6 +37,7 @@ use hyper::header::{HeaderValue, ALLOW, X_CONTENT_TYPE_OPTIONS};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::api;
+use crate::api::health::Readiness;
 use crate::auth::join_token::JoinTokens;
 use crate::error::{ApiError, ApiResult};
 use crate::hub::Hub;
@@ -51,6 +52,8 @@ pub struct App {
     pub admin_token: Option<Arc<str>>,
     /// Checks /join's `auth` JWTs, when the server has a join secret.
     pub join_tokens: Option<Arc<JoinTokens>>,
+    /// Whether shutdown has begun, for /readyz.
+    pub readiness: Arc<Readiness>,
     pub public_dir: Arc<PathBuf>,
     /// The origins whose pages may call the API (`--allow-origin`).
     pub cors: Arc<cors::Cors>,
@@ -62,6 +65,7 @@ pub struct App {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Endpoint {
     Healthz,
+    Readyz,
     Join,
     Sync,
     Poll,
@@ -92,6 +96,7 @@ const WRITE: &[Method] = &[Method::POST];
 /// Every API path. Matched exactly: not by prefix, not ignoring case.
 static ROUTES: &[Route] = &[
     Route::new("/healthz", READ, Endpoint::Healthz),
+    Route::new("/readyz", READ, Endpoint::Readyz),
     Route::new("/sync", READ, Endpoint::Sync),
     Route::new("/users", READ, Endpoint::Users),
     Route::new("/history", READ, Endpoint::History),
@@ -230,6 +235,7 @@ async fn route(
     let hub = &app.hub;
     match found.endpoint {
         Endpoint::Healthz => api::health::healthz(hub),
+        Endpoint::Readyz => api::health::readyz(hub, &app.readiness),
         Endpoint::Join => {
             // Only /join limits by address, so only it reads the headers.
             let client = client_addr::client_ip(peer, request.headers(), &app.trusted_proxies);

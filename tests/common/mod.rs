@@ -86,6 +86,14 @@ impl TestServer {
         }
     }
 
+    /// Tells the server to stop, as SIGTERM does, without waiting for it
+    /// (to watch its drain); `stop` then waits for the rest.
+    pub fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// Stops the server and waits for it to finish shutting down.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
