@@ -31,11 +31,13 @@ use std::convert::Infallible;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, X_CONTENT_TYPE_OPTIONS};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::access_log::{self, Caller};
 use crate::api;
 use crate::api::health::Readiness;
 use crate::auth::join_token::JoinTokens;
@@ -148,6 +150,8 @@ pub async fn handle(
     peer: IpAddr,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let logging = access_log::enabled();
+    let started = logging.then(Instant::now);
     let method = request.method().clone();
     let index = Route::find_index(request.uri().path());
     let found = index.map(|index| &ROUTES[index]);
@@ -167,13 +171,15 @@ pub async fn handle(
         }
         _ => None,
     };
-    let answer = match preflight {
-        Some(preflight) => Ok(preflight),
-        None => route(&app, found, peer, request).await,
+    let (answer, caller) = match preflight {
+        Some(preflight) => (Ok(preflight), Caller::default()),
+        None => access_log::capture(logging, route(&app, found, peer, request)).await,
     };
+    let mut refused = None;
     let mut response = match answer {
         Ok(response) => response,
         Err(error) => {
+            refused = Some(error.code);
             tracing::debug!(%method, %path, %error, "request failed");
             let allowed = found.filter(|_| error.status == StatusCode::METHOD_NOT_ALLOWED);
             let mut response = error.into_response();
@@ -196,6 +202,17 @@ pub async fn handle(
     let endpoint = index.unwrap_or(ROUTES.len());
     let metrics = app.hub.metrics();
     metrics.request(endpoint, response.status().as_u16());
+    if let Some(started) = started {
+        access_log::Line {
+            method: &method,
+            endpoint: found.map_or(OTHER_ENDPOINT, |route| route.path),
+            status: response.status().as_u16(),
+            duration: started.elapsed(),
+            error: refused,
+            caller: &caller,
+        }
+        .write();
+    }
     Ok(response)
 }
 
@@ -203,8 +220,11 @@ pub async fn handle(
 /// in `ROUTES` order, then `other` (static files, unknown paths).
 pub fn endpoint_labels() -> Vec<&'static str> {
     let paths = ROUTES.iter().map(|route| route.path);
-    paths.chain(["other"]).collect()
+    paths.chain([OTHER_ENDPOINT]).collect()
 }
+
+/// What metrics and the access log call a path not in `ROUTES`.
+const OTHER_ENDPOINT: &str = "other";
 
 /// Serves `request`; `found` is its path's row in `ROUTES`, if it has one.
 async fn route(

@@ -17,6 +17,7 @@ use super::locks::{ClientRef, Exclusive, Locked, OnlineUser};
 use super::mailbox::Mailbox;
 use super::online::OnlineSnapshot;
 use super::{Hub, HubResult, Refusal};
+use crate::access_log;
 use crate::auth::join_token::Vouched;
 use crate::auth::{self, TokenHash};
 use crate::config::{MAX_CLIENTS_PER_USER, MAX_NAME_LEN, MAX_PASSWORD_BYTES};
@@ -317,6 +318,7 @@ impl Exclusive<'_> {
             .clients
             .get(client.key)
             .expect("session of a live client");
+        access_log::note_caller(&found.user, found.id);
         let user = &shard.users[&found.user];
         let mut conversations = Vec::new();
         if let Some(rooms) = dir.rooms_of.get(&found.user) {

@@ -3,6 +3,8 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 pub mod nginx;
+#[cfg(unix)] // SIGTERM is sent with kill(1)
+pub mod process;
 
 use std::net::SocketAddr;
 use std::time::Duration;
