@@ -12,15 +12,17 @@
 //! parameter through every endpoint and hub method, the hub notes the
 //! caller (`note_caller`) into a slot that lives as long as the request: a
 //! tokio task-local, which `http::handle` sets up around the request only
-//! when the log is on (`capture`). So the /poll path resolves its token
+//! when the log is on (`with_caller`). So the /poll path resolves its token
 //! once, as before, and with the log off noting is one thread-local read
 //! that finds no slot.
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use hyper::Method;
+use tokio::task::futures::TaskLocalFuture;
 
 /// The log's target: filter on it with `RUST_LOG`.
 pub const TARGET: &str = "parlor::access";
@@ -43,17 +45,24 @@ pub fn enabled() -> bool {
     tracing::enabled!(target: TARGET, tracing::Level::INFO)
 }
 
-/// Runs `request` with a caller slot when `on`, and returns what the hub
-/// noted in it.
-pub async fn capture<F: Future>(on: bool, request: F) -> (F::Output, Caller) {
-    if !on {
-        return (request.await, Caller::default());
-    }
-    let served = async {
-        let answer = request.await;
-        (answer, CALLER.with(RefCell::take))
-    };
-    CALLER.scope(RefCell::default(), served).await
+/// `request` with a caller slot: await it pinned, then take what the hub
+/// noted with `caller_of`. A plain future rather than an `async fn`, so
+/// that the request's future, which a parked poll holds for its whole
+/// wait, is stored once in the connection's and not copied into a second
+/// state machine (which doubled its size).
+pub fn with_caller<F: Future>(request: F) -> Scoped<F> {
+    CALLER.scope(RefCell::default(), request)
+}
+
+/// A request running with a caller slot (`with_caller`).
+pub type Scoped<F> = TaskLocalFuture<RefCell<Caller>, F>;
+
+/// What the hub noted in the slot of a request that has completed.
+pub fn caller_of<F: Future>(scoped: Pin<&mut Scoped<F>>) -> Caller {
+    scoped
+        .take_value()
+        .map(RefCell::into_inner)
+        .unwrap_or_default()
 }
 
 /// Notes that the request acts as client `client` of `user` (called by the
@@ -87,18 +96,23 @@ pub struct Line<'a> {
 
 impl Line<'_> {
     pub fn write(&self) {
-        let duration_us = u64::try_from(self.duration.as_micros()).unwrap_or(u64::MAX);
+        // Strings as Display: none needs escaping (endpoints are `ROUTES`
+        // paths, error codes constants, user names plain ASCII).
         tracing::info!(
             target: TARGET,
             method = %self.method,
-            endpoint = self.endpoint,
+            endpoint = %self.endpoint,
             status = self.status,
-            duration_us,
-            error = self.error,
-            user = self.caller.user.as_deref(),
+            duration_us = self.duration_us(),
+            error = self.error.map(tracing::field::display),
+            user = self.caller.user.as_deref().map(tracing::field::display),
             client = self.caller.client,
             "request"
         );
+    }
+
+    fn duration_us(&self) -> u64 {
+        u64::try_from(self.duration.as_micros()).unwrap_or(u64::MAX)
     }
 }
 
@@ -107,27 +121,23 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_caller_is_captured_only_when_on() {
+    async fn the_caller_is_captured_in_the_slot_only() {
         let request = async {
             note_caller("ann", 7);
             note_caller("ann", 8);
             wants_caller()
         };
-        let (wanted, caller) = capture(true, request).await;
-        assert!(wanted);
+        let mut scoped = std::pin::pin!(with_caller(request));
+        assert!(scoped.as_mut().await);
         assert_eq!(
-            caller,
+            caller_of(scoped),
             Caller {
                 user: Some("ann".into()),
                 client: Some(8),
             }
         );
-        let (wanted, caller) = capture(false, async {
-            note_caller("bob", 1);
-            wants_caller()
-        })
-        .await;
-        assert!(!wanted);
-        assert_eq!(caller, Caller::default());
+        // Without a slot, noting is nothing.
+        note_caller("bob", 1);
+        assert!(!wants_caller());
     }
 }

@@ -74,6 +74,12 @@ const JSON_LOG: &[&str] = &[
 async fn a_log_that_is_not_a_terminal_has_no_colour_codes() {
     let log = log_of_a_short_run(&["--listen", "127.0.0.1:0", "--ephemeral"]).await;
     assert!(log.contains("parlor is serving"), "the log: {log}");
+    let access = log
+        .lines()
+        .find(|line| line.contains("parlor::access: request method=POST endpoint=/join"))
+        .unwrap_or_else(|| panic!("no access line for the join: {log}"));
+    assert!(access.contains(" status=200 duration_us="), "{access}");
+    assert!(access.ends_with(" user=ann client=1"), "{access}");
     assert!(
         !log.contains('\x1b'),
         "escape codes in a redirected log: {log:?}"

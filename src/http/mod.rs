@@ -30,6 +30,7 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -171,9 +172,16 @@ pub async fn handle(
         }
         _ => None,
     };
-    let (answer, caller) = match preflight {
-        Some(preflight) => (Ok(preflight), Caller::default()),
-        None => access_log::capture(logging, route(&app, found, peer, request)).await,
+    let mut caller = Caller::default();
+    let answer = match preflight {
+        Some(preflight) => Ok(preflight),
+        None if logging => {
+            let mut scoped = pin!(access_log::with_caller(route(&app, found, peer, request)));
+            let answer = scoped.as_mut().await;
+            caller = access_log::caller_of(scoped);
+            answer
+        }
+        None => route(&app, found, peer, request).await,
     };
     let mut refused = None;
     let mut response = match answer {
@@ -260,7 +268,17 @@ async fn route(
             // Only /join limits by address, so only it reads the headers.
             let client = client_addr::client_ip(peer, request.headers(), &app.trusted_proxies);
             let params = Params::read(request).await?;
-            api::session::join(hub, app.join_tokens.as_deref(), client, params).await
+            // Boxed: a /join (password or JWT) awaits more than any other
+            // endpoint, and every request's future, parked polls' included,
+            // is as large as the largest arm. One allocation per /join is
+            // nothing next to its hashing or signature check.
+            Box::pin(api::session::join(
+                hub,
+                app.join_tokens.as_deref(),
+                client,
+                params,
+            ))
+            .await
         }
         Endpoint::Sync => api::session::sync(hub, Params::read(request).await?),
         Endpoint::Poll => api::session::poll(hub, Params::read(request).await?).await,
