@@ -147,7 +147,10 @@ impl Server {
             metrics_listener,
         } = self;
         let readiness = Arc::new(Readiness::default());
-        let app = App {
+        // One `Arc` for all: each request holds the app for its whole life
+        // (a parked poll too), so a clone is one reference count and a
+        // pointer in the request's future, however many fields `App` has.
+        let app = Arc::new(App {
             hub: hub.clone(),
             admin_token: config.admin_token.as_deref().map(Arc::from),
             join_tokens,
@@ -155,7 +158,7 @@ impl Server {
             public_dir: Arc::new(PathBuf::from(&config.public_dir)),
             cors: Arc::new(cors),
             trusted_proxies: config.trusted_proxies.clone().into(),
-        };
+        });
         let (stop_sweeper, sweeper_stop) = watch::channel(false);
         let sweeper = tokio::spawn(sweeper::run(hub.clone(), sweeper_stop.clone()));
         let visibility = tokio::spawn(hub.clone().run_visibility(sweeper_stop.clone()));

@@ -47,7 +47,8 @@ use crate::hub::Hub;
 use request::Params;
 use response::Body;
 
-/// What every request handler needs; cheap to clone per connection.
+/// What every request handler needs; shared by every connection and
+/// request behind one `Arc`.
 #[derive(Clone)]
 pub struct App {
     pub hub: Hub,
@@ -147,7 +148,7 @@ impl Route {
 /// is an answer the client should read. `peer` is the connection's
 /// remote address (see `client_addr` for the client's).
 pub async fn handle(
-    app: App,
+    app: Arc<App>,
     peer: IpAddr,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
