@@ -218,7 +218,7 @@ fn large_database() -> PathBuf {
     };
     let tx = db.transaction().unwrap();
     {
-        let mut account = tx.prepare("INSERT INTO accounts VALUES (?1, '$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA', 0)").unwrap();
+        let mut account = tx.prepare("INSERT INTO accounts (name, password_hash, created_at) VALUES (?1, '$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA', 0)").unwrap();
         for n in 0..10_000 {
             account.execute([format!("user{n}")]).unwrap();
         }

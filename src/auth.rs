@@ -12,6 +12,8 @@
 //! waits longer than `max_wait` (then `Busy`), so a flood of /join is
 //! answered rather than left hanging.
 
+pub mod join_token;
+
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use sha2::{Digest, Sha256};

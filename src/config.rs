@@ -55,6 +55,12 @@ pub const MAX_NAME_LEN: usize = 32;
 /// Passwords are 1..=256 bytes (argon2 hashes any length, but a bound keeps
 /// hashing cost per request fixed).
 pub const MAX_PASSWORD_BYTES: usize = 256;
+/// A /join `auth` JWT: at most 8 KiB (a token naming a few dozen rooms is
+/// well under 2 KiB); a longer one is refused before it is parsed.
+pub const MAX_JOIN_TOKEN_BYTES: usize = 8 * 1024;
+/// Rooms one join JWT may name (its `rooms` claim); each is joined as by
+/// /rooms/join, creating it if needed within the room-creation rate.
+pub const MAX_ROOMS_PER_JOIN_TOKEN: usize = 64;
 /// Message text: 1..=4096 bytes of UTF-8.
 pub const MAX_TEXT_BYTES: usize = 4096;
 /// `client_msg_id`: 1..=64 bytes.
@@ -93,6 +99,11 @@ pub const SIGNUPS_PER_IP: u32 = 30;
 /// 429 for that pair (guessing slows to one try per 6 s; the owner joining
 /// from another address is not locked out).
 pub const PASSWORD_FAILURES_PER_MINUTE: u32 = 10;
+/// Invalid JWTs in /join `auth` per client address per minute; past them
+/// 429 `rate_limited`. A valid token is never refused for them (see
+/// `hub::accounts`), so the limit only slows a client stuck on a stale or
+/// broken token; generous, since a NAT of browsers shares an address.
+pub const BAD_JOIN_TOKENS_PER_MINUTE: u32 = 30;
 /// /status calls per client process: a burst of `STATUS_BURST`, then
 /// `STATUS_PER_SECOND` a second; then 429 `rate_limited`.
 pub const STATUS_BURST: u32 = 5;
@@ -190,6 +201,21 @@ pub struct Config {
     )]
     pub admin_token_file: Option<PathBuf>,
 
+    /// Secret with which the application's backend signs join JWTs (HS256,
+    /// at least 32 bytes): POST /join then accepts `auth=JWT` instead of a
+    /// password. Prefer --join-secret-file, which keeps it out of `ps`.
+    #[arg(long, env = "PARLOR_JOIN_SECRET", hide_env_values = true)]
+    pub join_secret: Option<String>,
+
+    /// File holding the join secret (a trailing newline is trimmed), read at start.
+    #[arg(
+        long,
+        env = "PARLOR_JOIN_SECRET_FILE",
+        value_name = "PATH",
+        conflicts_with = "join_secret"
+    )]
+    pub join_secret_file: Option<PathBuf>,
+
     /// Directory of the browser client's static files.
     #[arg(long, env = "PARLOR_PUBLIC_DIR", default_value_os_t = default_public_dir())]
     pub public_dir: PathBuf,
@@ -219,6 +245,11 @@ pub struct Config {
         hide = true
     )]
     pub argon2_iterations: u32,
+
+    /// On Ctrl-C or SIGTERM, keep serving this long with /readyz answering 503 before parked polls
+    /// are answered and connections closed, so that a load balancer stops sending first (0: at once).
+    #[arg(long, env = "PARLOR_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
 
     /// A connection must send a request's headers within this long, or it is closed.
     #[arg(long, env = "PARLOR_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -355,21 +386,37 @@ impl Config {
         if self.admin_token.is_some() {
             return Err("give --admin-token or --admin-token-file, not both".into());
         }
-        let text = std::fs::read_to_string(&path).map_err(|error| {
-            format!(
-                "cannot read the admin token file {}: {error}",
-                path.display()
-            )
-        })?;
-        let token = text.strip_suffix('\n').map_or(text.as_str(), |line| {
-            line.strip_suffix('\r').unwrap_or(line)
-        });
-        if token.is_empty() {
-            return Err(format!("the admin token file {} is empty", path.display()));
-        }
-        self.admin_token = Some(token.to_owned());
+        self.admin_token = Some(read_secret_file(&path, "admin token")?);
         Ok(())
     }
+
+    /// Reads `--join-secret-file` into `join_secret`, as
+    /// `read_admin_token_file` does the admin token (the binary calls this
+    /// before `Server::open`).
+    pub fn read_join_secret_file(&mut self) -> Result<(), String> {
+        let Some(path) = self.join_secret_file.take() else {
+            return Ok(());
+        };
+        if self.join_secret.is_some() {
+            return Err("give --join-secret or --join-secret-file, not both".into());
+        }
+        self.join_secret = Some(read_secret_file(&path, "join secret")?);
+        Ok(())
+    }
+}
+
+/// The secret `what` held in the file at `path`, less one trailing newline;
+/// an error if the file cannot be read or holds nothing else.
+fn read_secret_file(path: &std::path::Path, what: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read the {what} file {}: {error}", path.display()))?;
+    let secret = text.strip_suffix('\n').map_or(text.as_str(), |line| {
+        line.strip_suffix('\r').unwrap_or(line)
+    });
+    if secret.is_empty() {
+        return Err(format!("the {what} file {} is empty", path.display()));
+    }
+    Ok(secret.to_owned())
 }
 
 /// `public/` next to Cargo.toml when run from a checkout, else `./public`.

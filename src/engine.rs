@@ -8,11 +8,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::join_token::Vouched;
 use crate::cluster::Cluster;
 use crate::conversation::Conversation;
 use crate::event::{Message, Status};
 use crate::hub::online::OnlineSnapshot;
-use crate::hub::{Hub, HubResult, PublishReport, Session};
+use crate::hub::{Hub, HubResult, PublishReport, Refusal, Session};
 use crate::metrics::{Gauges, Metrics};
 
 /// Where the live state is.
@@ -94,6 +95,23 @@ impl Engine {
         match self {
             Engine::Single(hub) => hub.join_from(name, password, from).await,
             Engine::Cluster(cluster) => cluster.join(name, password, from).await,
+        }
+    }
+
+    /// POST /join with a valid JWT (`auth::join_token`).
+    pub async fn join_vouched(&self, vouched: &Vouched) -> HubResult<Session> {
+        match self {
+            Engine::Single(hub) => hub.join_vouched(vouched).await,
+            Engine::Cluster(cluster) => cluster.join_vouched(vouched).await,
+        }
+    }
+
+    /// The refusal of a /join whose JWT is bad, counted against the
+    /// address's limit of bad tokens (per node in cluster mode).
+    pub fn bad_join_token(&self, from: IpAddr, why: String) -> Refusal {
+        match self {
+            Engine::Single(hub) => hub.bad_join_token(from, why),
+            Engine::Cluster(cluster) => cluster.bad_join_token(from, why),
         }
     }
 

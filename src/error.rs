@@ -70,6 +70,11 @@ impl ApiError {
         )
     }
 
+    /// A /join's `auth` JWT was refused; `why` never quotes the token.
+    pub fn bad_auth_token(why: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "bad_auth_token", why)
+    }
+
     pub fn not_member(conversation: &str) -> ApiError {
         ApiError::new(
             StatusCode::FORBIDDEN,
@@ -111,6 +116,7 @@ impl From<Refusal> for ApiError {
                 "bad_credentials",
                 format!("`{name}` is taken and the password does not match"),
             ),
+            Refusal::BadAuthToken { why } => ApiError::bad_auth_token(why),
             Refusal::TooManyClients { name } => ApiError::too_many(
                 "too_many_clients",
                 format!(
@@ -200,6 +206,9 @@ fn limited_message(limited: Limited) -> &'static str {
         Limited::Signups => "too many new accounts from your address; retry later",
         Limited::WrongPasswords => {
             "too many wrong passwords for this name from your address; retry later"
+        }
+        Limited::BadJoinTokens => {
+            "too many invalid JWTs from your address; retry later with a fresh one"
         }
         Limited::StatusChanges => "too many status changes; retry later",
         Limited::Sends => "sending too fast; retry later with the same client_msg_id",

@@ -36,11 +36,14 @@
 //!   run by the waiting request itself where it can).
 //! - [`client`]: the kept-alive HTTP/1 client that `parlor-bench` and the
 //!   criterion benches speak to a parlor with over loopback.
-//! - [`auth`]: tokens and password hashing (a bounded queue for it).
+//! - [`auth`]: tokens and password hashing (a bounded queue for it), and
+//!   the join JWTs of an application's backend (`auth::join_token`).
 //! - [`limits`]: rate limits per client address, user or client process
 //!   (sign-ups, wrong passwords, /status, /send, room creation).
 //! - [`metrics`]: Prometheus counters and histograms, cheap on the hot
 //!   path; scraped on `--metrics-listen`.
+//! - [`access_log`]: one line per request on `parlor::access`, with the
+//!   user and client the hub resolved (never a secret).
 //! - [`error`]: `ApiError`, the status + code + message of a failed request,
 //!   and the one each `hub::Refusal` is answered with.
 //!
@@ -56,6 +59,7 @@
 //!   `/history`, password and `client_msg_id` look-ups off the async
 //!   workers.
 
+pub mod access_log;
 pub mod api;
 pub mod auth;
 pub mod client;

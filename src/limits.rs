@@ -6,7 +6,8 @@
 //! - new accounts per client address (`--signups-per-ip` a minute), since
 //!   every new name is an account forever;
 //! - wrong passwords per (name, client address), so guessing is slowed
-//!   without locking the owner out from elsewhere;
+//!   without locking the owner out from elsewhere, and invalid join JWTs
+//!   per client address;
 //! - /status changes per client process, /send per user (`--send-rate`,
 //!   `--send-burst`) and rooms created per user, so one client cannot make
 //!   every other mailbox grow;
@@ -31,9 +32,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{
-    Config, SignupMode, HASH_WAIT_TIMEOUT, MAX_HASH_WAITERS, MAX_RATE_KEYS,
-    PASSWORD_FAILURES_PER_MINUTE, ROOMS_PER_HOUR, SEND_BURST, SEND_PER_SECOND, SIGNUPS_PER_IP,
-    STATUS_BURST, STATUS_PER_SECOND,
+    Config, SignupMode, BAD_JOIN_TOKENS_PER_MINUTE, HASH_WAIT_TIMEOUT, MAX_HASH_WAITERS,
+    MAX_RATE_KEYS, PASSWORD_FAILURES_PER_MINUTE, ROOMS_PER_HOUR, SEND_BURST, SEND_PER_SECOND,
+    SIGNUPS_PER_IP, STATUS_BURST, STATUS_PER_SECOND,
 };
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -85,6 +86,8 @@ pub struct Limits {
     pub signup: SignupMode,
     /// Wrong passwords per (name, client address).
     pub password_failures: Option<Rate>,
+    /// Invalid join JWTs per client address.
+    pub bad_join_tokens: Option<Rate>,
     /// /status calls per client process.
     pub status_changes: Option<Rate>,
     /// Messages sent per user.
@@ -116,6 +119,7 @@ impl Default for Limits {
             signups_per_ip: Rate::per(SIGNUPS_PER_IP, MINUTE),
             signup: SignupMode::Open,
             password_failures: Rate::per(PASSWORD_FAILURES_PER_MINUTE, MINUTE),
+            bad_join_tokens: Rate::per(BAD_JOIN_TOKENS_PER_MINUTE, MINUTE),
             status_changes: Rate::per_second(STATUS_PER_SECOND, STATUS_BURST),
             sends: Rate::per_second(SEND_PER_SECOND, SEND_BURST),
             room_creations: Rate::per(ROOMS_PER_HOUR, HOUR),

@@ -18,7 +18,10 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let mut config = Config::parse();
-    if let Err(error) = config.read_admin_token_file() {
+    let secrets = config
+        .read_admin_token_file()
+        .and_then(|()| config.read_join_secret_file());
+    if let Err(error) = secrets {
         eprintln!("parlor: {error}");
         return ExitCode::FAILURE;
     }

@@ -75,6 +75,8 @@ pub enum RateLimit {
     Signup,
     /// `password`: wrong passwords per (name, client address).
     Password,
+    /// `bad_token`: invalid join JWTs per client address.
+    BadToken,
     /// `status`: /status calls per client process.
     Status,
     /// `send`: messages per user.
@@ -88,9 +90,10 @@ pub enum RateLimit {
 }
 
 impl RateLimit {
-    const ALL: [RateLimit; 7] = [
+    const ALL: [RateLimit; 8] = [
         RateLimit::Signup,
         RateLimit::Password,
+        RateLimit::BadToken,
         RateLimit::Status,
         RateLimit::Send,
         RateLimit::RoomCreate,
@@ -102,6 +105,7 @@ impl RateLimit {
         match self {
             RateLimit::Signup => "signup",
             RateLimit::Password => "password",
+            RateLimit::BadToken => "bad_token",
             RateLimit::Status => "status",
             RateLimit::Send => "send",
             RateLimit::RoomCreate => "room_create",
@@ -116,6 +120,7 @@ impl From<Limited> for RateLimit {
         match limited {
             Limited::Signups => RateLimit::Signup,
             Limited::WrongPasswords => RateLimit::Password,
+            Limited::BadJoinTokens => RateLimit::BadToken,
             Limited::StatusChanges => RateLimit::Status,
             Limited::Sends => RateLimit::Send,
             Limited::RoomCreations => RateLimit::RoomCreate,

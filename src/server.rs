@@ -11,7 +11,9 @@
 //! in `MAX_HEADER_BYTES`, so a slow or bloated client is cut off without
 //! holding up others.
 //!
-//! Shutdown: stop accepting, answer every parked poll at once (empty) so
+//! Shutdown: /readyz answers 503 at once, and for `--drain-delay` the
+//! server serves on as before, so that load balancers stop sending; then
+//! stop accepting, answer every parked poll at once (empty) so
 //! clients re-poll promptly, let in-flight answers finish, close idle
 //! keep-alive connections, and give up on stragglers after `SHUTDOWN_GRACE`.
 
@@ -29,6 +31,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::api::health::Readiness;
+use crate::auth::join_token::JoinTokens;
 use crate::cluster::Cluster;
 use crate::config::{Config, MAX_HEADER_BYTES};
 use crate::engine::Engine;
@@ -60,6 +64,9 @@ pub struct Server {
     /// Checked when the server opens, so a bad `--allow-origin` stops the
     /// start before anything listens.
     cors: Cors,
+    /// Checks /join's `auth` JWTs; built at open, so that a join secret too
+    /// short stops the start.
+    join_tokens: Option<Arc<JoinTokens>>,
     /// Bound at open when `--metrics-listen` is set (so that a taken port
     /// stops the start); served by `run` (see `scrape`).
     metrics_listener: Option<std::net::TcpListener>,
@@ -96,6 +103,10 @@ impl Server {
 
     fn with_engine(config: Config, engine: Engine) -> Result<Server, Error> {
         let cors = Cors::new(&config.allow_origin)?;
+        let join_tokens = match &config.join_secret {
+            Some(secret) => Some(Arc::new(JoinTokens::new(secret.as_bytes())?)),
+            None => None,
+        };
         let metrics_listener = match config.metrics_listen {
             Some(address) => Some(bind_metrics(address)?),
             None => None,
@@ -104,6 +115,7 @@ impl Server {
             config,
             engine,
             cors,
+            join_tokens,
             metrics_listener,
         })
     }
@@ -141,15 +153,22 @@ impl Server {
             config,
             engine,
             cors,
+            join_tokens,
             metrics_listener,
         } = self;
-        let app = App {
+        let readiness = Arc::new(Readiness::default());
+        // One `Arc` for all: each request holds the app for its whole life
+        // (a parked poll too), so a clone is one reference count and a
+        // pointer in the request's future, however many fields `App` has.
+        let app = Arc::new(App {
             engine: engine.clone(),
             admin_token: config.admin_token.as_deref().map(Arc::from),
+            join_tokens,
+            readiness: readiness.clone(),
             public_dir: Arc::new(PathBuf::from(&config.public_dir)),
             cors: Arc::new(cors),
             trusted_proxies: config.trusted_proxies.clone().into(),
-        };
+        });
         let (stop_sweeper, sweeper_stop) = watch::channel(false);
         let background = match &engine {
             Engine::Single(hub) => vec![
@@ -185,6 +204,7 @@ impl Server {
             .max_buf_size(MAX_HEADER_BYTES)
             .keep_alive(true);
 
+        let shutdown = drain_after(shutdown, &readiness, config.drain_delay);
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -303,6 +323,23 @@ fn open_hub(config: &Config) -> Result<Hub, Error> {
     let hub = Hub::with_limits(store, hub_config(config), Limits::from_config(config))?;
     tracing::info!(stats = ?hub.stats(), resumed_in = ?started.elapsed(), "state resumed");
     Ok(hub)
+}
+
+/// Completes `delay` after `shutdown` does. From the moment `shutdown`
+/// completes, /readyz answers 503, while everything is still served as
+/// before (parked polls held, new connections taken): a load balancer that
+/// checks /readyz stops sending here before the shutdown proper answers
+/// parked polls and closes connections.
+async fn drain_after(shutdown: impl Future<Output = ()>, readiness: &Readiness, delay: Duration) {
+    shutdown.await;
+    readiness.drain();
+    if !delay.is_zero() {
+        tracing::info!(
+            ?delay,
+            "shutting down: /readyz answers 503; serving until the drain delay ends"
+        );
+        tokio::time::sleep(delay).await;
+    }
 }
 
 /// Binds the metrics listener; logs where it is, since operators point a

@@ -254,6 +254,7 @@ async fn counters_move_by_what_the_requests_did() {
     for limit in [
         "signup",
         "password",
+        "bad_token",
         "status",
         "send",
         "room_create",

@@ -22,7 +22,7 @@ use parlor::event::Message;
 use parlor::hub::{Hub, HubConfig, Refusal};
 use parlor::limits::Limits;
 use parlor::store::sqlite::{SqliteOptions, SqliteStore};
-use parlor::store::{Change, Reply, Snapshot, Store, StoreResult};
+use parlor::store::{Account, Change, Reply, Snapshot, Store, StoreResult};
 use tokio::sync::{oneshot, watch};
 
 /// Fails the test rather than hang: the broken behaviour is a hang.
@@ -71,11 +71,15 @@ impl Store for Stalling {
     fn load(&self) -> StoreResult<Snapshot> {
         self.inner.load()
     }
-    fn password_hash(&self, name: &str) -> Reply<Option<String>> {
-        self.inner.password_hash(name)
+    fn account(&self, name: &str) -> Reply<Option<Account>> {
+        self.inner.account(name)
     }
-    fn create_account(&self, name: &str, hash: &str) -> oneshot::Receiver<StoreResult<bool>> {
-        self.inner.create_account(name, hash)
+    fn create_account(
+        &self,
+        name: &str,
+        account: &Account,
+    ) -> oneshot::Receiver<StoreResult<bool>> {
+        self.inner.create_account(name, account)
     }
     fn find_sent(&self, from: &str, client_msg_id: &str) -> Reply<Option<Message>> {
         self.inner.find_sent(from, client_msg_id)

@@ -7,6 +7,7 @@ use hyper::{Response, StatusCode};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::auth::join_token::{BadToken, JoinTokens};
 use crate::conversation::LOBBY;
 use crate::engine::Engine;
 use crate::error::{ApiError, ApiResult};
@@ -15,12 +16,59 @@ use crate::http::request::Params;
 use crate::http::response::{json, json_bytes, Body};
 use crate::hub::Session;
 
-/// POST /join; `client` is the client's address (see `http::client_addr`).
-pub async fn join(engine: &Engine, client: IpAddr, params: Params) -> ApiResult<Response<Body>> {
-    let name = params.str("name")?;
-    let password = params.str("password")?;
-    let session = engine.join(name, password, client).await?;
+/// POST /join, with a `password` or, when the server has a join secret,
+/// an `auth` JWT; `client` is the client's address (see
+/// `http::client_addr`).
+pub async fn join(
+    engine: &Engine,
+    join_tokens: Option<&JoinTokens>,
+    client: IpAddr,
+    params: Params,
+) -> ApiResult<Response<Body>> {
+    let session = match params.optional_str("auth")? {
+        Some(jwt) => join_with_token(engine, join_tokens, client, &params, jwt).await?,
+        None => {
+            let name = params.str("name")?;
+            let password = params.str("password")?;
+            engine.join(name, password, client).await?
+        }
+    };
     Ok(json_bytes(StatusCode::OK, session_json(&session)))
+}
+
+/// A /join vouched for by the application's backend (`auth::join_token`).
+async fn join_with_token(
+    engine: &Engine,
+    join_tokens: Option<&JoinTokens>,
+    client: IpAddr,
+    params: &Params,
+    jwt: &str,
+) -> ApiResult<Session> {
+    let Some(join_tokens) = join_tokens else {
+        return Err(ApiError::bad_request(
+            "jwt_join_disabled",
+            "this server takes no `auth` JWT (it has no --join-secret-file); join with a password",
+        ));
+    };
+    if params.optional_str("password")?.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_param",
+            "give `password` or `auth`, not both",
+        ));
+    }
+    let vouched = join_tokens
+        .verify(jwt)
+        .map_err(|BadToken(why)| engine.bad_join_token(client, why))?;
+    if params
+        .optional_str("name")?
+        .is_some_and(|name| name != vouched.user)
+    {
+        return Err(ApiError::invalid_param(
+            "name",
+            "the JWT's `sub`, or left out",
+        ));
+    }
+    Ok(engine.join_vouched(&vouched).await?)
 }
 
 pub async fn sync(engine: &Engine, params: Params) -> ApiResult<Response<Body>> {

@@ -6,7 +6,8 @@
 //! `PasswordHasherPool`; `claim_account.lua` only stores a hash if the name
 //! is free (two nodes claiming one name at once: the first wins, the other
 //! verifies against it). An account has a `kind`: a password join on a
-//! `jwt` account is refused like a wrong password.
+//! `jwt` account is refused like a wrong password, and a JWT join on a
+//! `password` account is refused as a bad token.
 //!
 //! The online list (`online` hash) is read whole, so each node keeps the
 //! last one it read with the presence version it was read at: every change
@@ -21,6 +22,7 @@ use redis::Value;
 
 use super::scripts::{self, array, integer, text, Args};
 use super::{keys, Cluster};
+use crate::auth::join_token::Vouched;
 use crate::config::MAX_PASSWORD_BYTES;
 use crate::conversation::{is_dialog, Conversation};
 use crate::event::Status;
@@ -37,6 +39,8 @@ script!(ONLINE, "online");
 
 /// The kind of account a password /join may use.
 const PASSWORD_KIND: &str = "password";
+/// The kind of account a JWT /join creates and may use.
+const JWT_KIND: &str = "jwt";
 
 impl Cluster {
     /// POST /join from the client address `from`: checks or claims the
@@ -49,6 +53,53 @@ impl Cluster {
             return Err(Refusal::InvalidPassword);
         }
         self.check_password(name, password, from).await?;
+        self.open_session(name).await
+    }
+
+    /// POST /join with a valid JWT (`auth::join_token`): claims the name as
+    /// a `jwt` account if it is free, opens a client process, then joins
+    /// the token's rooms; if one of them is refused, the client process is
+    /// closed again and the join refused with it (all or none, as
+    /// single-node).
+    pub async fn join_vouched(&self, vouched: &Vouched) -> HubResult<Session> {
+        let name = &vouched.user;
+        let args = Args::new().arg(name).arg(JWT_KIND).arg("");
+        let claimed = scripts::run(self.redis(), &CLAIM_ACCOUNT, &[], args).await?;
+        if claimed.get(1).map(text).unwrap_or_default() != JWT_KIND {
+            return Err(Refusal::BadAuthToken {
+                why: format!("`{name}` is an account with a password; a JWT cannot join it"),
+            });
+        }
+        let session = self.open_session(name).await?;
+        if vouched.rooms.is_empty() {
+            return Ok(session);
+        }
+        let token = session.token.unwrap_or_default();
+        for room in &vouched.rooms {
+            if let Err(refusal) = self.join_room(&token, room).await {
+                if let Err(error) = self.leave(&token).await {
+                    tracing::warn!(?error, user = %name, "cannot close a refused JWT join");
+                }
+                return Err(refusal);
+            }
+        }
+        // The answer lists the rooms just joined, at the mailbox's head.
+        let mut session = self.sync(&token).await?;
+        session.token = Some(token);
+        Ok(session)
+    }
+
+    /// The refusal of a /join whose JWT is bad, counted against the
+    /// address's limit of bad tokens (per node, as single-node counts it).
+    pub fn bad_join_token(&self, from: IpAddr, why: String) -> Refusal {
+        match self.rates().bad_join_token(from) {
+            Ok(()) => Refusal::BadAuthToken { why },
+            Err(limited) => limited,
+        }
+    }
+
+    /// Opens a client process of `name`, whose account is checked.
+    async fn open_session(&self, name: &str) -> HubResult<Session> {
         let token = crate::auth::new_token();
         let args = Args::new()
             .arg(name)
@@ -164,6 +215,7 @@ impl Cluster {
     /// A session from `session_of`'s answer (head, presence version, rooms,
     /// dialogs).
     async fn session(&self, user: &str, client: u64, answer: &[Value]) -> HubResult<Session> {
+        crate::access_log::note_caller(user, client);
         let head = answer.first().and_then(integer).unwrap_or(0);
         let version = answer.get(1).and_then(integer).unwrap_or(0);
         let mut rooms = conversations(answer.get(2));

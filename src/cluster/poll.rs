@@ -154,17 +154,21 @@ impl Cluster {
         let number = |index: usize| answer.get(index).and_then(integer).unwrap_or(0);
         Ok(match answer.first().map(text).as_deref() {
             Some("events") => Read::Events(poll_body(number(1), &answer[2..])),
-            Some("park") => Read::Park(ParkedPoll {
-                generation: number(1),
-                seen: Seen {
-                    head: number(2),
-                    presence: number(3),
-                    lobby: number(4),
-                },
-                user: answer.get(6).map(text).unwrap_or_default().into(),
-                client: number(7),
-                token_key: sha.clone(),
-                coalescing: number(5) == 1,
+            Some("park") => Read::Park({
+                let user = answer.get(6).map(text).unwrap_or_default();
+                crate::access_log::note_caller(&user, number(7));
+                ParkedPoll {
+                    generation: number(1),
+                    seen: Seen {
+                        head: number(2),
+                        presence: number(3),
+                        lobby: number(4),
+                    },
+                    user: user.into(),
+                    client: number(7),
+                    token_key: sha.clone(),
+                    coalescing: number(5) == 1,
+                }
             }),
             Some("superseded") => Read::Superseded,
             _ => Read::Empty,

@@ -30,24 +30,34 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::pin::pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, X_CONTENT_TYPE_OPTIONS};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::access_log::{self, Caller};
 use crate::api;
+use crate::api::health::Readiness;
+use crate::auth::join_token::JoinTokens;
 use crate::engine::Engine;
 use crate::error::{ApiError, ApiResult};
 use request::Params;
 use response::Body;
 
-/// What every request handler needs; cheap to clone per connection.
+/// What every request handler needs; shared by every connection and
+/// request behind one `Arc`.
 #[derive(Clone)]
 pub struct App {
     pub engine: Engine,
     /// Enables POST /api/publish when set.
     pub admin_token: Option<Arc<str>>,
+    /// Checks /join's `auth` JWTs, when the server has a join secret.
+    pub join_tokens: Option<Arc<JoinTokens>>,
+    /// Whether shutdown has begun, for /readyz.
+    pub readiness: Arc<Readiness>,
     pub public_dir: Arc<PathBuf>,
     /// The origins whose pages may call the API (`--allow-origin`).
     pub cors: Arc<cors::Cors>,
@@ -59,6 +69,7 @@ pub struct App {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Endpoint {
     Healthz,
+    Readyz,
     Join,
     Sync,
     Poll,
@@ -89,6 +100,7 @@ const WRITE: &[Method] = &[Method::POST];
 /// Every API path. Matched exactly: not by prefix, not ignoring case.
 static ROUTES: &[Route] = &[
     Route::new("/healthz", READ, Endpoint::Healthz),
+    Route::new("/readyz", READ, Endpoint::Readyz),
     Route::new("/sync", READ, Endpoint::Sync),
     Route::new("/users", READ, Endpoint::Users),
     Route::new("/history", READ, Endpoint::History),
@@ -136,10 +148,12 @@ impl Route {
 /// is an answer the client should read. `peer` is the connection's
 /// remote address (see `client_addr` for the client's).
 pub async fn handle(
-    app: App,
+    app: Arc<App>,
     peer: IpAddr,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let logging = access_log::enabled();
+    let started = logging.then(Instant::now);
     let method = request.method().clone();
     let index = Route::find_index(request.uri().path());
     let found = index.map(|index| &ROUTES[index]);
@@ -159,13 +173,22 @@ pub async fn handle(
         }
         _ => None,
     };
+    let mut caller = Caller::default();
     let answer = match preflight {
         Some(preflight) => Ok(preflight),
+        None if logging => {
+            let mut scoped = pin!(access_log::with_caller(route(&app, found, peer, request)));
+            let answer = scoped.as_mut().await;
+            caller = access_log::caller_of(scoped);
+            answer
+        }
         None => route(&app, found, peer, request).await,
     };
+    let mut refused = None;
     let mut response = match answer {
         Ok(response) => response,
         Err(error) => {
+            refused = Some(error.code);
             tracing::debug!(%method, %path, %error, "request failed");
             let allowed = found.filter(|_| error.status == StatusCode::METHOD_NOT_ALLOWED);
             let mut response = error.into_response();
@@ -188,6 +211,17 @@ pub async fn handle(
     let endpoint = index.unwrap_or(ROUTES.len());
     let metrics = app.engine.metrics();
     metrics.request(endpoint, response.status().as_u16());
+    if let Some(started) = started {
+        access_log::Line {
+            method: &method,
+            endpoint: found.map_or(OTHER_ENDPOINT, |route| route.path),
+            status: response.status().as_u16(),
+            duration: started.elapsed(),
+            error: refused,
+            caller: &caller,
+        }
+        .write();
+    }
     Ok(response)
 }
 
@@ -195,8 +229,11 @@ pub async fn handle(
 /// in `ROUTES` order, then `other` (static files, unknown paths).
 pub fn endpoint_labels() -> Vec<&'static str> {
     let paths = ROUTES.iter().map(|route| route.path);
-    paths.chain(["other"]).collect()
+    paths.chain([OTHER_ENDPOINT]).collect()
 }
+
+/// What metrics and the access log call a path not in `ROUTES`.
+const OTHER_ENDPOINT: &str = "other";
 
 /// Serves `request`; `found` is its path's row in `ROUTES`, if it has one.
 async fn route(
@@ -227,10 +264,22 @@ async fn route(
     let engine = &app.engine;
     match found.endpoint {
         Endpoint::Healthz => api::health::healthz(engine).await,
+        Endpoint::Readyz => api::health::readyz(engine, &app.readiness).await,
         Endpoint::Join => {
             // Only /join limits by address, so only it reads the headers.
             let client = client_addr::client_ip(peer, request.headers(), &app.trusted_proxies);
-            api::session::join(engine, client, Params::read(request).await?).await
+            let params = Params::read(request).await?;
+            // Boxed: a /join (password or JWT) awaits more than any other
+            // endpoint, and every request's future, parked polls' included,
+            // is as large as the largest arm. One allocation per /join is
+            // nothing next to its hashing or signature check.
+            Box::pin(api::session::join(
+                engine,
+                app.join_tokens.as_deref(),
+                client,
+                params,
+            ))
+            .await
         }
         Endpoint::Sync => api::session::sync(engine, Params::read(request).await?).await,
         Endpoint::Poll => api::session::poll(engine, Params::read(request).await?).await,

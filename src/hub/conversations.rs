@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use super::delivery::Committer;
+use super::locks::Exclusive;
 use super::membership::valid_name;
 use super::{Hub, HubResult, Refusal};
 use crate::auth::TokenHash;
@@ -72,43 +73,13 @@ impl Hub {
         if name == LOBBY {
             return Ok(locked.dir.lobby());
         }
-        let mut members = match locked.dir.rooms.get(name) {
+        match locked.dir.rooms.get(name) {
             Some(room) if room.members.contains(&user) => return Ok(room.clone()),
-            Some(room) => room.members.clone(),
+            Some(_) => {}
             None if locked.dir.rooms.len() >= MAX_ROOMS => return Err(Refusal::TooManyRooms),
-            None => {
-                self.shared.rates.room_creation(&user)?;
-                Vec::new()
-            }
-        };
-        members.push(user.clone());
-        locked.record(Change::Room(StoredRoom {
-            name: name.to_owned(),
-            members: members.clone(),
-        }));
-        let room = Conversation::room(name, members);
-        locked.dir.rooms.insert(name.to_owned(), room.clone());
-        locked
-            .dir
-            .rooms_of
-            .entry(user.clone())
-            .or_default()
-            .insert(name.to_owned());
-        let joined = Event::MemberJoined {
-            conversation: name,
-            user: &user,
+            None => self.shared.rates.room_creation(&user)?,
         }
-        .to_bytes();
-        for member in &room.members {
-            if *member != user {
-                locked.deliver_to_user(member, &joined);
-            }
-        }
-        let added = Event::ConversationAdded {
-            conversation: &room,
-        }
-        .to_bytes();
-        locked.deliver_to_user(&user, &added);
+        let room = locked.enter_room(&user, name);
         locked.flush(Committer::Store);
         Ok(room)
     }
@@ -191,5 +162,70 @@ impl Hub {
         }
         locked.flush(Committer::Store);
         report
+    }
+}
+
+impl Exclusive<'_> {
+    /// Makes `user` a member of each of `rooms` (a JWT join's), creating
+    /// those that do not exist: all or none. Like /rooms/join, creating
+    /// counts against the user's room-creation rate and `MAX_ROOMS`; the
+    /// lobby needs no joining.
+    pub(super) fn join_rooms(&mut self, user: &str, rooms: &[String]) -> HubResult<()> {
+        let mut created: Vec<&str> = Vec::new();
+        for name in rooms {
+            if name != LOBBY && !self.dir.rooms.contains_key(name) && !created.contains(&&**name) {
+                created.push(name);
+            }
+        }
+        if self.dir.rooms.len() + created.len() > MAX_ROOMS {
+            return Err(Refusal::TooManyRooms);
+        }
+        for _ in &created {
+            self.hub.rates.room_creation(user)?;
+        }
+        for name in rooms {
+            if name != LOBBY {
+                self.enter_room(user, name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `user` a member of the room `name` (a valid name, not the
+    /// lobby), creating it if there is none, and tells its members.
+    fn enter_room(&mut self, user: &str, name: &str) -> Conversation {
+        let mut members = match self.dir.rooms.get(name) {
+            Some(room) if room.members.iter().any(|member| member == user) => return room.clone(),
+            Some(room) => room.members.clone(),
+            None => Vec::new(),
+        };
+        members.push(user.to_owned());
+        self.record(Change::Room(StoredRoom {
+            name: name.to_owned(),
+            members: members.clone(),
+        }));
+        let room = Conversation::room(name, members);
+        self.dir.rooms.insert(name.to_owned(), room.clone());
+        self.dir
+            .rooms_of
+            .entry(user.to_owned())
+            .or_default()
+            .insert(name.to_owned());
+        let joined = Event::MemberJoined {
+            conversation: name,
+            user,
+        }
+        .to_bytes();
+        for member in &room.members {
+            if member != user {
+                self.deliver_to_user(member, &joined);
+            }
+        }
+        let added = Event::ConversationAdded {
+            conversation: &room,
+        }
+        .to_bytes();
+        self.deliver_to_user(user, &added);
+        room
     }
 }

@@ -34,6 +34,7 @@ use super::online::{OnlineNames, OnlineSnapshot};
 use super::presence::PresenceBoard;
 use super::sweeper::SweeperAlarm;
 use super::{Hub, HubResult, Refusal, Shared};
+use crate::access_log;
 use crate::auth::TokenHash;
 use crate::conversation::{is_dialog, Conversation, LOBBY};
 use crate::event::Message;
@@ -281,12 +282,14 @@ impl<D: Deref<Target = Directory>> Locked<'_, D> {
     /// The user behind a client found by token, checked again under the
     /// user's shard (the client may have gone, and its slot been reused).
     pub(super) fn user_of(&mut self, client: ClientRef, token: &TokenHash) -> HubResult<String> {
-        self.shard(client.shard)
+        let found = self
+            .shard(client.shard)
             .clients
             .get(client.key)
             .filter(|found| found.token == *token)
-            .map(|found| found.user.clone())
-            .ok_or(Refusal::UnknownClient)
+            .ok_or(Refusal::UnknownClient)?;
+        access_log::note_caller(&found.user, found.id);
+        Ok(found.user.clone())
     }
 
     /// An online user, in a shard the operation holds.
@@ -304,11 +307,18 @@ impl Exclusive<'_> {
     /// The client behind a token (`UnknownClient` if none).
     pub(super) fn client_of(&mut self, token: &TokenHash) -> HubResult<ClientRef> {
         let index = self.hub.shard_of_token(token);
-        self.shard(index)
+        let client = self
+            .shard(index)
             .tokens
             .get(token)
             .copied()
-            .ok_or(Refusal::UnknownClient)
+            .ok_or(Refusal::UnknownClient)?;
+        if access_log::wants_caller() {
+            if let Some(found) = self.shard(client.shard).clients.get(client.key) {
+                access_log::note_caller(&found.user, found.id);
+            }
+        }
+        Ok(client)
     }
 
     /// Answers every parked poll.

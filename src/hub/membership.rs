@@ -12,17 +12,19 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::clients::Wake;
-use super::delivery::{Committer, SEND_DURABILITY_TIMEOUT};
+use super::delivery::Committer;
 use super::locks::{ClientRef, Exclusive, Locked, OnlineUser};
 use super::mailbox::Mailbox;
 use super::online::OnlineSnapshot;
 use super::{Hub, HubResult, Refusal};
+use crate::access_log;
+use crate::auth::join_token::Vouched;
 use crate::auth::{self, TokenHash};
 use crate::config::{MAX_CLIENTS_PER_USER, MAX_NAME_LEN, MAX_PASSWORD_BYTES};
 use crate::conversation::Conversation;
 use crate::event::{Event, RemovalReason, Status};
 use crate::metrics::RateLimit;
-use crate::store::{Change, StoreError};
+use crate::store::Change;
 
 /// What /join and /sync answer: who the client is, where its cursor starts,
 /// and a snapshot of the users and conversations it can see (the JSON is
@@ -61,7 +63,20 @@ impl Hub {
         }
         self.require_store_room()?;
         self.check_password(name, password, from).await?;
+        self.open_session(name, &[]).await
+    }
 
+    /// POST /join with a valid JWT (`auth::join_token`): the user it names
+    /// opens a client process, a member of each of its rooms.
+    pub async fn join_vouched(&self, vouched: &Vouched) -> HubResult<Session> {
+        self.require_store_room()?;
+        self.check_vouched(&vouched.user).await?;
+        self.open_session(&vouched.user, &vouched.rooms).await
+    }
+
+    /// Opens a client process of `name`, which may join, after joining it
+    /// to `rooms` (all or none), and answers once that is durable.
+    async fn open_session(&self, name: &str, rooms: &[String]) -> HubResult<Session> {
         let now = Instant::now();
         let (session, ticket) = {
             let mut locked = self.lock_all();
@@ -76,6 +91,7 @@ impl Hub {
                     name: name.to_owned(),
                 });
             }
+            locked.join_rooms(name, rooms)?;
             let (client, token) = locked.open_client(name, now);
             let ticket = locked.flush_for_waiter();
             let mut session = locked.session(client);
@@ -86,54 +102,6 @@ impl Hub {
         self.wait_durable(ticket).await?;
         tracing::debug!(user = name, client = session.client, "client joined");
         Ok(session)
-    }
-
-    /// Checks `password` for `name`, or claims the name with it. Limited
-    /// before any hashing: wrong passwords per (name, address), new
-    /// accounts per address, and the hashing queue (`Busy`).
-    async fn check_password(&self, name: &str, password: &str, from: IpAddr) -> HubResult<()> {
-        let store = &self.shared.store;
-        let hasher = &self.shared.hasher;
-        let rates = &self.shared.rates;
-        rates.password_try(name, from)?;
-        let stored = match store.password_hash(name).await? {
-            Some(stored) => stored,
-            None => {
-                rates.signup(name, from)?;
-                let hash = hasher
-                    .hash(password)
-                    .await
-                    .map_err(|busy| self.busy(busy))?;
-                // Bounded like any wait for the store: a full disk answers
-                // 503, not a hang.
-                let claim = store.create_account(name, &hash);
-                let created = tokio::time::timeout(SEND_DURABILITY_TIMEOUT, claim)
-                    .await
-                    .map_err(|_| Refusal::NotStored)?
-                    .map_err(|_| {
-                        StoreError("the store stopped while creating an account".into())
-                    })??;
-                if created {
-                    return Ok(());
-                }
-                // Another /join claimed the name while we hashed.
-                store.password_hash(name).await?.ok_or_else(|| {
-                    StoreError(format!("account `{name}` vanished after being claimed"))
-                })?
-            }
-        };
-        if hasher
-            .verify(password, &stored)
-            .await
-            .map_err(|busy| self.busy(busy))?
-        {
-            Ok(())
-        } else {
-            rates.wrong_password(name, from);
-            Err(Refusal::BadCredentials {
-                name: name.to_owned(),
-            })
-        }
     }
 
     /// GET /sync: a fresh snapshot and the current head, for a client whose
@@ -350,6 +318,7 @@ impl Exclusive<'_> {
             .clients
             .get(client.key)
             .expect("session of a live client");
+        access_log::note_caller(&found.user, found.id);
         let user = &shard.users[&found.user];
         let mut conversations = Vec::new();
         if let Some(rooms) = dir.rooms_of.get(&found.user) {
@@ -382,13 +351,6 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-}
-
-impl Hub {
-    fn busy(&self, auth::Busy(wait): auth::Busy) -> Refusal {
-        self.shared.metrics.rate_limited(RateLimit::HashQueue);
-        Refusal::Busy { wait }
-    }
 }
 
 fn millis(duration: Duration) -> u64 {

@@ -21,12 +21,15 @@
 //! - `conversations`: /dialog, /rooms/join, /rooms/leave, /api/publish;
 //! - `membership`: /join, /sync, /leave, /status, /users — opening and
 //!   closing client processes;
+//! - `accounts`: who may use a name — passwords, and JWTs the application's
+//!   backend signed;
 //! - `rates`: the rate limits' state — per address, user, client process;
 //! - `restore`: rebuilding the live state from the store at start;
 //! - `sweeper`: the inactivity sweeper task and what it sweeps;
 //! - the data structures they work on: `clients`, `mailbox`,
 //!   `online`, `presence`.
 
+mod accounts;
 pub mod clients;
 mod conversations;
 mod delivery;

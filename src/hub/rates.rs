@@ -27,6 +27,8 @@ pub(crate) struct Rates {
     signups: Limiter<IpAddr>,
     /// Wrong passwords by (name, client address).
     wrong_passwords: Limiter<(String, IpAddr)>,
+    /// Invalid join JWTs by client address.
+    bad_join_tokens: Limiter<IpAddr>,
     /// /status calls by client process id.
     statuses: Limiter<u64>,
     /// Rooms created by user.
@@ -43,6 +45,7 @@ impl Rates {
             signup: limits.signup,
             signups: Limiter::new(limits.signups_per_ip),
             wrong_passwords: Limiter::new(limits.password_failures),
+            bad_join_tokens: Limiter::new(limits.bad_join_tokens),
             statuses: Limiter::new(limits.status_changes),
             rooms: Limiter::new(limits.room_creations),
             sends: (0..SHARDS).map(|_| Limiter::new(limits.sends)).collect(),
@@ -75,6 +78,13 @@ impl Rates {
         let _ = self
             .wrong_passwords
             .take(&(name.to_owned(), client), Instant::now());
+    }
+
+    /// Counts an invalid join JWT from `client`; refused once it sent too
+    /// many.
+    pub(crate) fn bad_join_token(&self, client: IpAddr) -> HubResult<()> {
+        let taken = self.bad_join_tokens.take(&client, Instant::now());
+        taken.map_err(self.limited(Limited::BadJoinTokens))
     }
 
     /// Whether client process `client` may call /status now.

@@ -20,8 +20,12 @@ pub enum Refusal {
     InvalidRoomName,
     /// A password that is empty or over `MAX_PASSWORD_BYTES`.
     InvalidPassword,
-    /// The name is claimed and the password does not match.
+    /// The name is claimed and the password does not match (or the name
+    /// joins with a JWT, not a password).
     BadCredentials { name: String },
+    /// A /join's JWT is not valid, or names a password account; `why` says
+    /// which (never quoting the token).
+    BadAuthToken { why: String },
     /// The user already has `MAX_CLIENTS_PER_USER` client processes.
     TooManyClients { name: String },
     /// No client has this token (never had, left, or was swept).
@@ -71,6 +75,8 @@ pub enum Limited {
     Signups,
     /// Wrong passwords per (name, client address).
     WrongPasswords,
+    /// Invalid join JWTs per client address.
+    BadJoinTokens,
     /// /status calls per client process.
     StatusChanges,
     /// Messages per user.

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use tokio::sync::{oneshot, watch};
 
-use super::{Change, Reply, Snapshot, Store, StoreResult, StoredRoom};
+use super::{Account, Change, Reply, Snapshot, Store, StoreResult, StoredRoom};
 use crate::config::EPHEMERAL_HISTORY_PER_CONVERSATION;
 use crate::event::Message;
 
@@ -21,7 +21,7 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Inner {
-    accounts: HashMap<String, String>,
+    accounts: HashMap<String, Account>,
     rooms: HashMap<String, StoredRoom>,
     /// Messages per conversation, in id order, the newest
     /// `EPHEMERAL_HISTORY_PER_CONVERSATION` of each.
@@ -100,22 +100,20 @@ impl Store for MemoryStore {
         })
     }
 
-    fn password_hash(&self, name: &str) -> Reply<Option<String>> {
+    fn account(&self, name: &str) -> Reply<Option<Account>> {
         Reply::ready(Ok(self.inner().accounts.get(name).cloned()))
     }
 
     fn create_account(
         &self,
         name: &str,
-        password_hash: &str,
+        account: &Account,
     ) -> oneshot::Receiver<StoreResult<bool>> {
         let (reply, answer) = oneshot::channel();
         let mut inner = self.inner();
         let created = !inner.accounts.contains_key(name);
         if created {
-            inner
-                .accounts
-                .insert(name.to_owned(), password_hash.to_owned());
+            inner.accounts.insert(name.to_owned(), account.clone());
         }
         let _ = reply.send(Ok(created));
         answer

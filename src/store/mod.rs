@@ -12,7 +12,7 @@
 //! - [`sqlite::SqliteStore`] (the default): a writer thread commits whatever
 //!   has queued up in one transaction (group commit).
 //!
-//! Reads a request makes (history, a login's password hash, a retried
+//! Reads a request makes (history, a login's account, a retried
 //! `client_msg_id`) answer with a [`Reply`] to await: a store whose reads
 //! may wait for a disk does them on threads of its own, never on the async
 //! workers, where one slow read would stall every poll they serve.
@@ -107,6 +107,18 @@ impl<T> Future for Reply<T> {
                 .map(|answer| answer.unwrap_or_else(|_| Err(stopped()))),
         }
     }
+}
+
+/// A claimed name: how its user proves who they are. A name keeps its kind
+/// for good, so a name created by a JWT join cannot be taken over with a
+/// password, nor a password account with a JWT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Account {
+    /// Joins with a password: its argon2id PHC string (`auth`).
+    Password(String),
+    /// Joins with a JWT signed by the application's backend
+    /// (`auth::join_token`); no password is kept.
+    Jwt,
 }
 
 /// A room as stored: its name (which is also its id) and its members.
@@ -226,16 +238,13 @@ pub trait Store: Send + Sync + 'static {
     /// Reads the state to resume from (called once, at start).
     fn load(&self) -> StoreResult<Snapshot>;
 
-    /// The password hash of an account, if the name is claimed.
-    fn password_hash(&self, name: &str) -> Reply<Option<String>>;
+    /// The account of a name, if the name is claimed.
+    fn account(&self, name: &str) -> Reply<Option<Account>>;
 
-    /// Claims a name; the answer (false: already claimed) comes once the
-    /// account is durable.
-    fn create_account(
-        &self,
-        name: &str,
-        password_hash: &str,
-    ) -> oneshot::Receiver<StoreResult<bool>>;
+    /// Claims a name as `account`; the answer (false: already claimed)
+    /// comes once the account is durable.
+    fn create_account(&self, name: &str, account: &Account)
+        -> oneshot::Receiver<StoreResult<bool>>;
 
     /// A message `from` sent earlier with this `client_msg_id`, if stored.
     fn find_sent(&self, from: &str, client_msg_id: &str) -> Reply<Option<Message>>;

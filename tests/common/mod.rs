@@ -9,6 +9,8 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 pub mod nginx;
+#[cfg(unix)] // SIGTERM is sent with kill(1)
+pub mod process;
 pub mod redis;
 
 use std::hash::{BuildHasher, Hasher};
@@ -185,14 +187,20 @@ impl TestServer {
         self.addrs[random_index(self.addrs.len())]
     }
 
-    /// Stops the server (every node) and waits for it to finish shutting
-    /// down.
-    pub async fn stop(mut self) {
+    /// Tells the server (every node) to stop, as SIGTERM does, without
+    /// waiting for it (to watch its drain); `stop` then waits for the rest.
+    pub fn signal_stop(&mut self) {
         for node in &mut self.nodes {
             if let Some(stop) = node.stop.take() {
                 let _ = stop.send(());
             }
         }
+    }
+
+    /// Stops the server (every node) and waits for it to finish shutting
+    /// down.
+    pub async fn stop(mut self) {
+        self.signal_stop();
         for node in &mut self.nodes {
             if let Some(task) = node.task.take() {
                 task.await.unwrap();

@@ -106,9 +106,15 @@ struct Args {
     #[arg(long)]
     server_pid: Option<u32>,
 
-    /// /join requests in flight at once (each costs an argon2 hash on the server).
+    /// /join requests in flight at once (each costs an argon2 hash on the server,
+    /// unless --join-secret is given).
     #[arg(long, default_value_t = 8)]
     join_concurrency: usize,
+
+    /// Join users with a JWT signed with this secret (the server's --join-secret)
+    /// instead of a password, so that setting up thousands of users costs no argon2 hash.
+    #[arg(long, hide_env_values = true)]
+    join_secret: Option<String>,
 
     /// Latency samples taken during this first part of the run are dropped.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]

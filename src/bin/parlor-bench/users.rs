@@ -6,6 +6,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use parlor::client::Conn;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -57,6 +58,47 @@ where
     Ok(())
 }
 
+/// How bench users prove who they are at /join.
+enum Credentials {
+    /// `<prefix><n>`: the server hashes it with argon2 for each new user.
+    Passwords { prefix: String },
+    /// A JWT per user signed with the server's join secret: no hashing.
+    Jwts { key: EncodingKey },
+}
+
+impl Credentials {
+    fn new(args: &Args) -> Res<Credentials> {
+        Ok(match &args.join_secret {
+            Some(secret) => Credentials::Jwts {
+                key: EncodingKey::from_secret(secret.as_bytes())?,
+            },
+            None => Credentials::Passwords {
+                prefix: args.password_prefix.clone(),
+            },
+        })
+    }
+
+    /// The /join form of user `n`, named `name`.
+    fn join_form(&self, name: &str, n: usize) -> Res<String> {
+        Ok(match self {
+            Credentials::Passwords { prefix } => format!("name={name}&password={prefix}{n}"),
+            Credentials::Jwts { key } => {
+                let claims = serde_json::json!({
+                    "sub": name,
+                    "exp": jsonwebtoken::get_current_timestamp() + JOIN_TOKEN_LIFETIME_SECS,
+                });
+                // Base64url and dots: nothing to escape in a form.
+                let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)?;
+                format!("auth={token}")
+            }
+        })
+    }
+}
+
+/// How long a bench user's join JWT is valid: setup is bounded by
+/// `--setup-timeout`, and a token is used once, at once.
+const JOIN_TOKEN_LIFETIME_SECS: u64 = 600;
+
 /// Joins `count` users concurrently, showing progress; they are kept alive
 /// until something starts polling for them.
 pub async fn join_users(ctx: &Rc<Ctx>, args: &Args, count: usize) -> Res<Duration> {
@@ -64,11 +106,11 @@ pub async fn join_users(ctx: &Rc<Ctx>, args: &Args, count: usize) -> Res<Duratio
     let joined = Rc::new(Cell::new(0usize));
     let job_ctx = ctx.clone();
     let job_joined = joined.clone();
-    let prefix = args.password_prefix.clone();
+    let credentials = Credentials::new(args)?;
     let workers = args.join_concurrency;
     let job = async move |conn: &mut Conn, n: usize| -> Res<()> {
         let name = format!("bench-{}-{n}", job_ctx.run);
-        let form = format!("name={name}&password={prefix}{n}");
+        let form = credentials.join_form(&name, n)?;
         let mut attempt = 0;
         let answer = loop {
             match conn.post("/join", form.clone()).await {

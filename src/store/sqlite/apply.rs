@@ -9,17 +9,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Transaction};
 
 use crate::event::{Message, Status};
-use crate::store::Change;
+use crate::store::{Account, Change};
 
 /// One queued write, as the batch sees it.
 pub(super) enum Write<'a> {
     /// The changes of one hub operation, in the hub's order.
     Changes(&'a [Change]),
     /// Claims a name unless it is claimed already.
-    CreateAccount {
-        name: &'a str,
-        password_hash: &'a str,
-    },
+    CreateAccount { name: &'a str, account: &'a Account },
 }
 
 /// Highest ids seen in a batch, written once per commit.
@@ -144,15 +141,17 @@ fn apply_write(
             }
             Ok(false)
         }
-        Write::CreateAccount {
-            name,
-            password_hash,
-        } => {
+        Write::CreateAccount { name, account } => {
+            let (kind, password_hash) = match account {
+                Account::Password(hash) => ("password", hash.as_str()),
+                Account::Jwt => ("jwt", ""),
+            };
             let inserted = transaction
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO accounts (name, password_hash, created_at) VALUES (?1, ?2, ?3)",
+                    "INSERT OR IGNORE INTO accounts (name, kind, password_hash, created_at) \
+                     VALUES (?1, ?2, ?3, ?4)",
                 )?
-                .execute(params![name, password_hash, unix_millis()])?;
+                .execute(params![name, kind, password_hash, unix_millis()])?;
             Ok(inserted == 1)
         }
     }

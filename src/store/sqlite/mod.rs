@@ -49,7 +49,7 @@ use readers::{open_reader, Readers};
 pub use schema::{migrate, SCHEMA_VERSION};
 use writer::{Job, Writer};
 
-use super::{Change, Reply, Snapshot, Store, StoreError, StoreResult};
+use super::{Account, Change, Reply, Snapshot, Store, StoreError, StoreResult};
 use crate::config::{SyncMode, STORE_READER_THREADS};
 use crate::event::Message;
 
@@ -228,26 +228,40 @@ impl Store for SqliteStore {
         load::load(&self.reader()?)
     }
 
-    fn password_hash(&self, name: &str) -> Reply<Option<String>> {
+    fn account(&self, name: &str) -> Reply<Option<Account>> {
         let name = name.to_owned();
         self.readers.run(move |reader| {
             reader
-                .prepare_cached("SELECT password_hash FROM accounts WHERE name = ?1")
-                .and_then(|mut statement| statement.query_row([&name], |row| row.get(0)).optional())
-                .map_err(|e| StoreError::new("cannot read an account", e))
+                .prepare_cached("SELECT kind, password_hash FROM accounts WHERE name = ?1")
+                .and_then(|mut statement| {
+                    statement
+                        .query_row([&name], |row| {
+                            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                        })
+                        .optional()
+                })
+                .map_err(|e| StoreError::new("cannot read an account", e))?
+                .map(|(kind, password_hash)| match kind.as_str() {
+                    "password" => Ok(Account::Password(password_hash)),
+                    "jwt" => Ok(Account::Jwt),
+                    other => Err(StoreError(format!(
+                        "account `{name}` is of an unknown kind `{other}`"
+                    ))),
+                })
+                .transpose()
         })
     }
 
     fn create_account(
         &self,
         name: &str,
-        password_hash: &str,
+        account: &Account,
     ) -> oneshot::Receiver<StoreResult<bool>> {
         let (reply, answer) = oneshot::channel();
         self.writer.push(
             Job::CreateAccount {
                 name: name.to_owned(),
-                password_hash: password_hash.to_owned(),
+                account: account.clone(),
                 reply,
             },
             false,

@@ -96,6 +96,11 @@ const MIGRATIONS: &[&str] = &[
     // 6: history retention finds old messages through an index, a bounded
     // batch at a time, rather than scan every message holding the writer.
     "CREATE INDEX IF NOT EXISTS messages_by_at ON messages (at);",
+    // 7: an account is of one kind for good: `password` (password_hash is
+    // its argon2id PHC string) or `jwt` (it joins with a JWT signed by the
+    // application's backend; password_hash is empty).
+    "ALTER TABLE accounts ADD COLUMN kind TEXT NOT NULL DEFAULT 'password'
+         CHECK (kind IN ('password', 'jwt'));",
 ];
 
 /// The schema version this build writes.
@@ -165,4 +170,29 @@ fn register_token_hash(connection: &Connection) -> StoreResult<()> {
             },
         )
         .map_err(|e| StoreError::new("cannot prepare the migrations", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounts_of_before_kinds_are_password_accounts_and_kinds_are_checked() {
+        let mut connection = Connection::open_in_memory().unwrap();
+        migrate(&mut connection, 6).unwrap();
+        connection
+            .execute_batch("INSERT INTO accounts VALUES ('ann', '$argon2id$...', 0)")
+            .unwrap();
+        migrate(&mut connection, SCHEMA_VERSION).unwrap();
+        let kind: String = connection
+            .query_row("SELECT kind FROM accounts WHERE name = 'ann'", [], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert_eq!(kind, "password");
+        let unknown = connection.execute_batch(
+            "INSERT INTO accounts (name, kind, password_hash, created_at) VALUES ('x', 'magic', '', 0)",
+        );
+        assert!(unknown.is_err(), "only known kinds are stored");
+    }
 }

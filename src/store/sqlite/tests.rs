@@ -511,11 +511,11 @@ fn pruning_deletes_old_messages_in_batches_and_keeps_newer_ones() {
 }
 
 #[test]
-fn a_database_of_the_previous_schema_gains_the_index_on_at() {
+fn a_database_of_the_schema_before_the_index_on_at_gains_it() {
     let dir = tempdir("migrate-at");
     {
         let mut connection = Connection::open(dir.join(DATABASE_FILE)).unwrap();
-        super::migrate(&mut connection, super::SCHEMA_VERSION - 1).unwrap();
+        super::migrate(&mut connection, 5).unwrap();
     }
     let store = SqliteStore::open(&dir, options()).unwrap();
     let indexes: Vec<String> = store

@@ -59,7 +59,7 @@ use super::apply::{
 };
 use super::faults::Faults;
 use crate::config::{SyncMode, PRUNE_BATCH_ROWS, STORE_QUEUE_MAX};
-use crate::store::{Change, StoreError, StoreResult};
+use crate::store::{Account, Change, StoreError, StoreResult};
 
 /// Jobs taken per transaction at most, so one commit stays bounded.
 const MAX_JOBS_PER_COMMIT: usize = 4096;
@@ -109,7 +109,7 @@ pub(super) enum Job {
     /// Claims a name; `reply` says whether it was free, once durable.
     CreateAccount {
         name: String,
-        password_hash: String,
+        account: Account,
         reply: oneshot::Sender<StoreResult<bool>>,
     },
 }
@@ -119,14 +119,7 @@ impl Job {
     fn write(&self) -> Write<'_> {
         match self {
             Job::Submit { changes, .. } => Write::Changes(changes),
-            Job::CreateAccount {
-                name,
-                password_hash,
-                ..
-            } => Write::CreateAccount {
-                name,
-                password_hash,
-            },
+            Job::CreateAccount { name, account, .. } => Write::CreateAccount { name, account },
         }
     }
 }
