@@ -132,7 +132,10 @@ impl Engine {
     ) -> HubResult<Vec<u8>> {
         match self {
             Engine::Single(hub) => hub.poll(token, cursor, timeout).await,
-            Engine::Cluster(cluster) => cluster.poll(token, cursor, timeout).await,
+            // Boxed: hyper keeps room for the largest request future once
+            // per connection, and the cluster's (Redis calls inside) would
+            // size every single-node parked poll's (`http`'s module doc).
+            Engine::Cluster(cluster) => Box::pin(cluster.poll(token, cursor, timeout)).await,
         }
     }
 

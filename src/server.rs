@@ -228,31 +228,28 @@ impl Server {
             let app = app.clone();
             let tracker = registration.clone();
             let service = service_fn(move |request| {
-                let in_flight = tracker.request_started();
-                let answer = http::handle(app.clone(), ip, request);
-                async move {
-                    let answer = answer.await;
-                    drop(in_flight);
-                    answer
-                }
+                tracker.answering(http::handle(app.clone(), ip, request))
             });
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            // Boxed, so that the task's future holds a pointer rather than
+            // the connection twice (captured, then pinned in place): a
+            // connection lives as long as its client stays, and every byte
+            // of it counts once per parked poll.
+            let mut connection = Box::pin(builder.serve_connection(TokioIo::new(stream), service));
             tokio::spawn(async move {
-                {
-                    tokio::pin!(connection);
-                    let ended = tokio::select! {
-                        ended = connection.as_mut() => ended,
-                        _ = registration.close_requested() => {
-                            connection.as_mut().graceful_shutdown();
-                            connection.await
-                        }
-                    };
-                    if let Err(error) = ended {
-                        tracing::debug!(cause = %error, "connection ended with an error");
+                let ended = tokio::select! {
+                    ended = connection.as_mut() => ended,
+                    _ = registration.close_requested() => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.as_mut().await
                     }
+                };
+                if let Err(error) = ended {
+                    tracing::debug!(cause = %error, "connection ended with an error");
                 }
-                // Out of the registry before the slot is free, so that the
-                // next connection sees its address's count without this one.
+                // The socket closed, then out of the registry, then the
+                // slot free: so that the next connection sees its address's
+                // count without this one.
+                drop(connection);
                 drop(registration);
                 drop(permit);
             });

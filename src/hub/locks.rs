@@ -248,8 +248,7 @@ impl Directory {
     }
 
     pub(super) fn online_snapshot(&mut self) -> Arc<OnlineSnapshot> {
-        let presence = &self.presence;
-        self.online.snapshot(|name| presence.status(name))
+        self.online.snapshot()
     }
 
     /// The lobby's members are the online users.

@@ -19,8 +19,12 @@ use crate::config::{MAILBOX_CAPACITY, MAILBOX_MAX_BYTES};
 use crate::event::EventBytes;
 
 /// Trimmed logs are not shrunk below this many entries' room: shrinking
-/// costs a copy, and a small log refills as soon as events arrive.
-const SHRINK_FLOOR: usize = 16;
+/// costs a copy, and a small log refills as soon as events arrive. Small,
+/// because a trimmed log is usually empty (its clients read everything)
+/// and is kept for as long as its user is online: after a burst (the
+/// presence catch-up of a mass join) each online user keeps room for
+/// `2 * SHRINK_FLOOR` entries of 32 bytes.
+const SHRINK_FLOOR: usize = 4;
 
 /// The ticket of an event appended by an operation that has not been given
 /// its store ticket yet: never durable. The operation seals it (see
@@ -353,6 +357,11 @@ mod tests {
         assert!(!mailbox.trim_through(500), "never moves back");
         assert!(mailbox.trim_through(5000), "capped at the head");
         assert_eq!((mailbox.start(), mailbox.head()), (1000, 1000));
+        assert!(
+            mailbox.events.capacity() <= 8,
+            "an emptied log keeps room for a few entries, not {}",
+            mailbox.events.capacity()
+        );
         assert_eq!(mailbox.push(event(0)), 1001);
     }
 

@@ -270,7 +270,7 @@ impl Exclusive<'_> {
         if !self.dir.presence.set(user, status) {
             return false;
         }
-        self.dir.online.status_changed();
+        self.dir.online.set_status(user, status);
         let version = self.dir.presence.version();
         self.record_live(|| Change::Presence {
             user: user.to_owned(),

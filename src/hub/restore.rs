@@ -83,6 +83,8 @@ impl Exclusive<'_> {
                     }
                 };
                 self.dir.online.insert(&user);
+                let status = self.dir.presence.status(&user);
+                self.dir.online.set_status(&user, status);
                 self.shard(index).users.insert(
                     user.clone(),
                     OnlineUser {

@@ -30,9 +30,12 @@
 //! (and unlinks it), so starting a request needs no lock.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use slab::Slab;
@@ -99,6 +102,30 @@ pub(super) struct Registration {
 /// service a request, dropped when the handler returns (or is dropped with
 /// the connection), which makes the connection idle again.
 pub(super) struct InFlight(Arc<Registration>);
+
+pin_project_lite::pin_project! {
+    /// A request's handler, holding its `InFlight` until the answer is
+    /// ready. A struct rather than an `async move` block that awaits the
+    /// handler: such a block keeps the handler future twice (as captured
+    /// and as awaited), and hyper allocates room for the service's future
+    /// once per connection, so a parked poll would pay for both.
+    pub(super) struct Answering<F> {
+        #[pin]
+        handler: F,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<F: Future> Future for Answering<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let answer = ready!(this.handler.poll(cx));
+        this.in_flight.take();
+        Poll::Ready(answer)
+    }
+}
 
 impl Connections {
     /// `per_ip_cap`: most connections per client address, 0 for no cap.
@@ -267,6 +294,15 @@ impl Registration {
     pub(super) fn request_started(self: &Arc<Self>) -> InFlight {
         self.tracked.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
+    }
+
+    /// Marks a request in flight until `handler` has its answer (or is
+    /// dropped with the connection).
+    pub(super) fn answering<F: Future>(self: &Arc<Self>, handler: F) -> Answering<F> {
+        Answering {
+            handler,
+            in_flight: Some(self.request_started()),
+        }
     }
 
     /// Completes once the connection has been told to close.
