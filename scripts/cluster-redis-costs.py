@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Redis's cost of messages and parked polls in cluster mode, and its
-latency while a lobby message wakes every parked poll.
+"""Redis's memory for messages and parked polls in cluster mode (Redis's
+latency under a lobby message to thousands: scripts/cluster-lobby-latency.sh).
 
 Starts nothing: run a scratch redis-server and a parlor node (or several)
 on it first, e.g.
@@ -15,16 +15,13 @@ Joins USERS users (one client process each) and reports, from Redis's
 `INFO memory` used_memory and `MEMORY USAGE`:
 - a lobby message: in history, in the lobby log, its client_msg_id answer;
 - a lobby message once copied into every mailbox (per mailbox copy);
-- a room message to USERS online members;
-- a parked poll (USERS polls parked at once).
-Then Redis's own latency while one lobby message wakes every parked poll:
-a PING every millisecond on a connection of its own (as `redis-cli
---latency` does) and SLOWLOG's durations of the scripts that ran. Never
-point it at a Redis that holds anything else: it writes to it.
+- a room message to USERS online members (the room's members are written
+  into Redis directly, see below), and its script's duration;
+- a parked poll (up to 1 000 polls parked at once, one thread each).
+Never point it at a Redis that holds anything else: it writes to it.
 """
 import http.client
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -79,6 +76,24 @@ def drain(clients):
             pass
 
 
+def slowlog_scripts():
+    """{script sha: [durations in µs]} of the EVALSHAs in SLOWLOG, as
+    redis-cli prints each entry: id, time, duration, then the command's
+    words (EVALSHA, the sha, ...). Turns the slow log back to normal."""
+    log = redis("slowlog", "get", "1000000").splitlines()
+    redis("config", "set", "slowlog-log-slower-than", "10000")
+    runs = {}
+    for index, line in enumerate(log):
+        if line.lower() == "evalsha" and index + 1 < len(log):
+            runs.setdefault(log[index + 1], []).append(int(log[index - 1]))
+    return runs
+
+
+def quantile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 def per(delta, count):
     return f"{delta / count:.0f} B"
 
@@ -117,87 +132,50 @@ drained = used_memory()
 print(f"every mailbox drained: {drained - before:+d} B left from the {messages} messages "
       f"(history, log and client_msg_id answers)")
 
-for client in clients:
-    post("/rooms/join", token=client[0], name="costs")
+# The room's members are written straight into Redis: joining them one by
+# one would send each joiner's member_joined to every earlier member (N²/2
+# events, overflowing the first mailboxes long before 5 000).
+post("/rooms/join", token=sender, name="costs")
+names = [f"user{i}" for i in range(users)]
+redis("sadd", "parlor:members:{costs}", *names)
+for name in names:
+    redis("sadd", f"parlor:urooms:{{{name}}}", "costs")
 drain(clients)
 before = used_memory()
+mailbox_before = int(redis("memory", "usage", "parlor:mbox:{user1}", "samples", "0") or 0)
+history_before = int(redis("memory", "usage", "parlor:hist:{costs}", "samples", "0") or 0)
+redis("config", "set", "slowlog-log-slower-than", "0")
+redis("config", "set", "slowlog-max-len", "1000000")
+redis("slowlog", "reset")
 for n in range(messages):
     post("/send", token=sender, conversation="costs", text=TEXT)
+room_scripts = slowlog_scripts()
 room = used_memory()
-print(f"room message to {users} online members: {per(room - before, messages)} "
-      f"({per(room - before, messages * users)} per member)")
+mailbox = int(redis("memory", "usage", "parlor:mbox:{user1}", "samples", "0"))
+history = int(redis("memory", "usage", "parlor:hist:{costs}", "samples", "0"))
+print(f"room message to {users} online members: {per(room - before, messages)} in all "
+      f"(Redis's used_memory, client buffers included): {per(history - history_before, messages)} "
+      f"in history, {per(mailbox - mailbox_before, messages)} in each member's mailbox")
+# The send script is the one run once per message (the sweeper's runs once
+# a second, and nothing else ran).
+sends = max(room_scripts.values(), key=len)
+print(f"  its send script ({len(sends)} runs): p50 {quantile(sends, 0.5)} µs, "
+      f"max {max(sends)} µs")
 drain(clients)
 
-# Parked polls: every client parks at once; Redis memory is read while they
-# wait.
+# Parked polls: up to 1 000 clients park at once (a thread each); Redis
+# memory is read while they wait.
 before = used_memory()
 parked = []
-for client in clients:
+parkers = clients[:1000]
+for client in parkers:
     thread = threading.Thread(target=poll, args=(client, 20000), daemon=True)
     thread.start()
     parked.append(thread)
 time.sleep(3)
 during = used_memory()
-print(f"parked poll: {(during - before) / users:+.1f} B each ({users} parked)")
-
-# Latency while one lobby message wakes them all.
-redis("config", "set", "slowlog-log-slower-than", "0")
-redis("config", "set", "slowlog-max-len", "1000000")
-redis("slowlog", "reset")
-samples = []
-stop = threading.Event()
-
-
-def sample_latency():
-    sock = socket.create_connection(("127.0.0.1", int(redis_port)))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    while not stop.is_set():
-        started = time.perf_counter()
-        sock.sendall(b"PING\r\n")
-        sock.recv(64)
-        samples.append((time.perf_counter() - started) * 1000)
-        time.sleep(0.001)
-    sock.close()
-
-
-sampler = threading.Thread(target=sample_latency)
-sampler.start()
-time.sleep(0.5)
-idle = list(samples)
-sent_at = time.perf_counter()
+print(f"parked poll: {(during - before) / len(parkers):+.1f} B each ({len(parkers)} parked)")
 post("/send", token=sender, conversation="lobby", text=TEXT)
+
 for thread in parked:
     thread.join()
-woken_in = (time.perf_counter() - sent_at) * 1000
-time.sleep(0.5)
-stop.set()
-sampler.join()
-during = samples[len(idle):]
-log = redis("slowlog", "get", "1000000").splitlines()
-redis("config", "set", "slowlog-log-slower-than", "10000")
-
-
-def scripts_run():
-    """{script sha: [durations in µs]} from SLOWLOG GET as redis-cli prints
-    it: each entry's id, time, duration, then the command's words (EVALSHA,
-    the sha, ...)."""
-    runs = {}
-    for index, line in enumerate(log):
-        if line.lower() == "evalsha" and index + 1 < len(log):
-            runs.setdefault(log[index + 1], []).append(int(log[index - 1]))
-    return runs
-
-
-def quantile(values, q):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-print(f"one lobby message woke {users} parked polls; all answered in {woken_in:.0f} ms")
-print(f"Redis PING latency, idle: p50 {quantile(idle, 0.5):.2f} ms, max {max(idle):.2f} ms "
-      f"({len(idle)} samples)")
-print(f"Redis PING latency meanwhile: p50 {quantile(during, 0.5):.2f} ms, "
-      f"p99 {quantile(during, 0.99):.2f} ms, max {max(during):.2f} ms ({len(during)} samples)")
-for sha, runs in sorted(scripts_run().items(), key=lambda item: len(item[1])):
-    print(f"script {sha[:8]}: {len(runs)} runs, p50 {quantile(runs, 0.5)} µs, "
-          f"max {max(runs)} µs, total {sum(runs) / 1000:.1f} ms of Redis time")
