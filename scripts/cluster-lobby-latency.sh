@@ -6,9 +6,11 @@
 # the lobby, and meanwhile records:
 #   - a PING round trip every millisecond on a connection of its own (what
 #     `redis-cli --latency` does), with the time of each;
-#   - SLOWLOG with every command logged: how long each Lua script ran.
-# Both are reported for the measured window only (from the first lobby
-# message to the last), not for the joins and the parking before it.
+#   - INFO commandstats: how many scripts ran and their mean time;
+#   - SLOWLOG: every command that ran 1 ms or longer (a lower threshold
+#     would log each command a script runs and slow the scripts down).
+# All are for the measured window only (parlor-bench's progress line marks
+# its start and end), not for the joins and the parking before it.
 # Usage: scripts/cluster-lobby-latency.sh [CLIENTS] [DURATION]
 #        (default 5000 pollers for 15s; cargo build --release first)
 set -euo pipefail
@@ -40,8 +42,8 @@ pids+=($node)
 until grep -q 'listening on' "$dir/parlor.out" 2>/dev/null; do sleep 0.1; done
 url=$(sed -n 's/^listening on //p' "$dir/parlor.out")
 
-redis-cli -p "$redis_port" config set slowlog-log-slower-than 0 >/dev/null
-redis-cli -p "$redis_port" config set slowlog-max-len 2000000 >/dev/null
+redis-cli -p "$redis_port" config set slowlog-log-slower-than 1000 >/dev/null
+redis-cli -p "$redis_port" config set slowlog-max-len 100000 >/dev/null
 python3 -u -c '
 import socket, sys, time
 sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
@@ -55,10 +57,23 @@ while True:
 ' "$redis_port" >"$dir/latency.txt" &
 sampler=$!
 pids+=($sampler)
+# The first progress line of the measured window resets Redis's counters;
+# the summary line that ends it reads them.
 target/release/parlor-bench --url "$url" --server-pid "$node" fanout \
-    --clients "$clients" --duration "$duration" --json >"$dir/fanout.json"
+    --clients "$clients" --duration "$duration" --json 2>&1 >"$dir/fanout.json" |
+    while IFS= read -r line; do
+        echo "$line" >&2
+        if [[ $line == fanout:\ 0s/* && ! -e "$dir/start" ]]; then
+            redis-cli -p "$redis_port" config resetstat >/dev/null
+            redis-cli -p "$redis_port" slowlog reset >/dev/null
+            date +%s.%N >"$dir/start"
+        elif [[ $line == fanout:\ *messages\ to* && $line != *s/* && ! -e "$dir/end" ]]; then
+            date +%s.%N >"$dir/end"
+            redis-cli -p "$redis_port" info commandstats >"$dir/commandstats.txt"
+            redis-cli -p "$redis_port" slowlog get 100000 >"$dir/slowlog.txt"
+        fi
+    done
 kill "$sampler"
-redis-cli -p "$redis_port" slowlog get 2000000 >"$dir/slowlog.txt"
 
 python3 - "$dir" "$clients" <<'PY'
 import json, sys
@@ -66,25 +81,20 @@ dir, clients = sys.argv[1], sys.argv[2]
 q = lambda v, p: sorted(v)[min(len(v) - 1, int(p * len(v)))]
 fanout = json.load(open(f"{dir}/fanout.json"))
 print(f"parlor-bench fanout, {clients} pollers on one node:", json.dumps(fanout))
+start, end = float(open(f"{dir}/start").read()), float(open(f"{dir}/end").read())
+print(f"measured window: {end - start:.1f} s")
+for line in open(f"{dir}/commandstats.txt"):
+    if line.startswith(("cmdstat_evalsha:", "cmdstat_ping:")):
+        name, fields = line.strip().split(":", 1)
+        stats = dict(field.split("=") for field in fields.split(","))
+        print(f"  {name[8:]}: {stats['calls']} calls, {float(stats['usec_per_call']):.1f} µs each "
+              f"on average, {int(stats['usec']) / 1000 / (end - start):.0f} ms of Redis time per second")
 log = open(f"{dir}/slowlog.txt").read().splitlines()
 # Each entry as redis-cli prints it: id, unix time, duration (µs), the
-# command's words (EVALSHA, sha, numkeys, ARGV...), client address, name.
-runs = []
-for i, line in enumerate(log):
-    if line.lower() == "evalsha" and i + 4 < len(log):
-        runs.append({"at": int(log[i - 2]), "us": int(log[i - 1]), "sha": log[i + 1],
-                     "conversation": log[i + 4]})
-sends = [run for run in runs if run["conversation"] == "lobby"]
-start, end = min(r["at"] for r in sends), max(r["at"] for r in sends) + 1
-window = [run for run in runs if start <= run["at"] <= end]
-print(f"measured window: {end - start} s, {len(sends)} lobby messages")
-by_sha = {}
-for run in window:
-    by_sha.setdefault(run["sha"], []).append(run["us"])
-for sha, us in sorted(by_sha.items(), key=lambda kv: -len(kv[1])):
-    name = "the lobby send" if sha == sends[0]["sha"] else "another script"
-    print(f"  script {sha[:8]} ({name}): {len(us)} runs, p50 {q(us, .5)} µs, p99 {q(us, .99)} µs, "
-          f"max {max(us)} µs; {sum(us) / 1000 / (end - start):.0f} ms of Redis time per second")
+# command's words, client address, client name.
+slow = [int(log[i - 1]) for i, line in enumerate(log) if line.lower() == "evalsha"]
+print(f"  scripts that ran 1 ms or longer: {len(slow)}"
+      + (f", longest {max(slow)} µs, p50 of those {q(slow, .5)} µs" if slow else ""))
 pings = [line.split() for line in open(f"{dir}/latency.txt")]
 pings = [float(ms) for at, ms in pings if start <= float(at) <= end]
 print(f"PING round trips in the window ({len(pings)}): p50 {q(pings, .5):.2f} ms, "
