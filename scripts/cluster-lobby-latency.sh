@@ -9,7 +9,7 @@
 #   - INFO commandstats: how many scripts ran and their mean time;
 #   - SLOWLOG: every command that ran 1 ms or longer (a lower threshold
 #     would log each command a script runs and slow the scripts down).
-# All are for the measured window only (parlor-bench's progress line marks
+# All are for the measured window only (parlor-bench's progress lines mark
 # its start and end), not for the joins and the parking before it.
 # Usage: scripts/cluster-lobby-latency.sh [CLIENTS] [DURATION]
 #        (default 5000 pollers for 15s; cargo build --release first)
@@ -57,13 +57,13 @@ while True:
 ' "$redis_port" >"$dir/latency.txt" &
 sampler=$!
 pids+=($sampler)
-# The first progress line of the measured window resets Redis's counters;
-# the summary line that ends it reads them.
+# The line that ends the setup ("parked N polls") resets Redis's counters;
+# the summary line that ends the measured window reads them.
 target/release/parlor-bench --url "$url" --server-pid "$node" fanout \
     --clients "$clients" --duration "$duration" --json 2>&1 >"$dir/fanout.json" |
     while IFS= read -r line; do
         echo "$line" >&2
-        if [[ $line == fanout:\ 0s/* && ! -e "$dir/start" ]]; then
+        if [[ $line == parked\ * && ! -e "$dir/start" ]]; then
             redis-cli -p "$redis_port" config resetstat >/dev/null
             redis-cli -p "$redis_port" slowlog reset >/dev/null
             date +%s.%N >"$dir/start"
@@ -92,9 +92,11 @@ for line in open(f"{dir}/commandstats.txt"):
 log = open(f"{dir}/slowlog.txt").read().splitlines()
 # Each entry as redis-cli prints it: id, unix time, duration (µs), the
 # command's words, client address, client name.
-slow = [int(log[i - 1]) for i, line in enumerate(log) if line.lower() == "evalsha"]
+slow = [(int(log[i - 1]), log[i + 3:i + 6]) for i, line in enumerate(log)
+        if line.lower() == "evalsha"]
 print(f"  scripts that ran 1 ms or longer: {len(slow)}"
-      + (f", longest {max(slow)} µs, p50 of those {q(slow, .5)} µs" if slow else ""))
+      + (f", p50 of those {q([us for us, _ in slow], .5)} µs; the longest, with their "
+         f"first arguments: {sorted(slow, reverse=True)[:3]}" if slow else ""))
 pings = [line.split() for line in open(f"{dir}/latency.txt")]
 pings = [float(ms) for at, ms in pings if start <= float(at) <= end]
 print(f"PING round trips in the window ({len(pings)}): p50 {q(pings, .5):.2f} ms, "
