@@ -9,6 +9,8 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 pub mod nginx;
+#[cfg(unix)]
+pub mod nodes;
 pub mod redis;
 
 use std::hash::{BuildHasher, Hasher};
