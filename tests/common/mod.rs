@@ -11,6 +11,8 @@
 pub mod nginx;
 #[cfg(unix)] // SIGTERM is sent with kill(1)
 pub mod process;
+#[cfg(unix)]
+pub mod nodes;
 pub mod redis;
 
 use std::hash::{BuildHasher, Hasher};

@@ -109,29 +109,6 @@ local function copy_lobby(user, limit)
   return head, lseen
 end
 
--- Appends a message event to an online user's mailbox after the lobby
--- messages it has not copied yet, so that every mailbox holds messages in
--- id order (the order they were sent) across conversations, as
--- single-node's do. The newest lobby id, `lobby_newest`, is read once by the
--- caller: a mailbox that has copied it needs no look-up in the log.
--- Returns the event's seq, or false when the user is offline.
-local function append_message(user, body, lobby_newest)
-  local lseen = redis.call('HGET', k_mmeta(user), 'lseen')
-  if not lseen then
-    return false
-  end
-  if tonumber(lseen) < lobby_newest then
-    copy_lobby(user, LOBBY_LOG_CAPACITY)
-  end
-  return append_event(user, body)
-end
-
--- The id of the newest message in the lobby log (0 when it is empty).
-local function lobby_newest()
-  local newest = redis.call('ZRANGE', K_LOBBYLOG, -1, -1, 'WITHSCORES')
-  return tonumber(newest[2] or '0')
-end
-
 -- Adds lobby message `id` (its event JSON `body` without "seq") to the
 -- lobby log, which every online user's mailbox copies from at poll time,
 -- trims the log to LOBBY_LOG_CAPACITY (recording the highest id dropped in

@@ -12,6 +12,9 @@
 -- (counted only for a new message), then the message: its id from INCR,
 -- its time from Redis's clock, history, delivery, and the client_msg_id's
 -- answer, all or nothing.
+-- Rooms with at least this many members may wake by broadcast (below).
+local BROADCAST_MIN_MEMBERS = 64
+
 local token, conversation, text_json = ARGV[1], ARGV[2], ARGV[3]
 local cmid, cmid_json = ARGV[4], ARGV[5]
 local rate_interval, rate_burst = tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -64,12 +67,31 @@ if conversation == 'lobby' then
   lobby_append(id, event)
 else
   -- A room's or dialog's online members (offline ones have no mailbox):
-  -- one append each, bounded by the conversation's size, after the lobby
-  -- messages the member's mailbox has not copied yet (so that it holds
-  -- every message in the order sent).
-  local newest = lobby_newest()
-  for _, member in ipairs(redis.call('SMEMBERS', members_key)) do
-    append_message(member, event, newest)
+  -- one append each, bounded by the conversation's size. Before it, a
+  -- mailbox copies the lobby messages it had not copied yet, so that it
+  -- holds every message in the order sent (ids), as single-node's do.
+  local members = redis.call('SMEMBERS', members_key)
+  local newest = redis.call('ZRANGE', K_LOBBYLOG, -1, -1, 'WITHSCORES')
+  newest = tonumber(newest[2] or '0')
+  -- A room holding nearly everyone online wakes every parked poll with one
+  -- message rather than one per member (each costs Redis as much as the
+  -- append itself); the few others re-read for nothing.
+  local broadcast = #members >= BROADCAST_MIN_MEMBERS
+    and #members * 4 >= redis.call('HLEN', K_ONLINE) * 3
+  for _, member in ipairs(members) do
+    local lseen = redis.call('HGET', k_mmeta(member), 'lseen')
+    if lseen then
+      if tonumber(lseen) < newest then
+        copy_lobby(member, LOBBY_LOG_CAPACITY)
+      end
+      push_event(member, event)
+      if not broadcast then
+        wake_user(member)
+      end
+    end
+  end
+  if broadcast then
+    wake_all()
   end
 end
 

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Redis's own latency while lobby messages reach thousands of parked polls
+# in cluster mode. Starts a scratch redis-server (a free port, a temporary
+# directory, AOF with appendfsync always as in production) and one parlor
+# node (target/release), runs `parlor-bench fanout` with CLIENTS pollers in
+# the lobby, and meanwhile records:
+#   - a PING round trip every millisecond on a connection of its own (what
+#     `redis-cli --latency` does), with the time of each;
+#   - INFO commandstats: how many scripts ran and their mean time;
+#   - SLOWLOG: every command that ran 1 ms or longer (a lower threshold
+#     would log each command a script runs and slow the scripts down).
+# All are for the measured window only (parlor-bench's progress lines mark
+# its start and end), not for the joins and the parking before it.
+# Usage: scripts/cluster-lobby-latency.sh [CLIENTS] [DURATION]
+#        (default 5000 pollers for 15s; cargo build --release first)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+clients=${1:-5000}
+duration=${2:-15s}
+dir=$(mktemp -d /tmp/parlor-lobby-latency.XXXXXX)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+redis_port=$(free_port)
+pids=()
+cleanup() {
+    kill "${pids[@]}" 2>/dev/null || true
+    wait 2>/dev/null || true
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+
+redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir" --save "" \
+    --appendonly yes --appendfsync always --logfile "$dir/redis.log" &
+pids+=($!)
+until redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG; do sleep 0.1; done
+
+target/release/parlor --listen 127.0.0.1:0 --redis "redis://127.0.0.1:$redis_port/0" \
+    --inactivity-timeout 10m --argon2-memory-kib 8 --argon2-iterations 1 \
+    --signups-per-ip 0 --send-rate 0 --max-connections-per-ip 0 \
+    >"$dir/parlor.out" 2>"$dir/parlor.err" &
+node=$!
+pids+=($node)
+until grep -q 'listening on' "$dir/parlor.out" 2>/dev/null; do sleep 0.1; done
+url=$(sed -n 's/^listening on //p' "$dir/parlor.out")
+
+redis-cli -p "$redis_port" config set slowlog-log-slower-than 1000 >/dev/null
+redis-cli -p "$redis_port" config set slowlog-max-len 100000 >/dev/null
+python3 -u -c '
+import socket, sys, time
+sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+while True:
+    started = time.perf_counter()
+    sock.sendall(b"PING\r\n")
+    sock.recv(64)
+    print(f"{time.time():.3f} {(time.perf_counter() - started) * 1000:.3f}")
+    time.sleep(0.001)
+' "$redis_port" >"$dir/latency.txt" &
+sampler=$!
+pids+=($sampler)
+# The line that ends the setup ("parked N polls") resets Redis's counters;
+# the summary line that ends the measured window reads them.
+target/release/parlor-bench --url "$url" --server-pid "$node" fanout \
+    --clients "$clients" --duration "$duration" --json 2>&1 >"$dir/fanout.json" |
+    while IFS= read -r line; do
+        echo "$line" >&2
+        if [[ $line == parked\ * && ! -e "$dir/start" ]]; then
+            redis-cli -p "$redis_port" config resetstat >/dev/null
+            redis-cli -p "$redis_port" slowlog reset >/dev/null
+            date +%s.%N >"$dir/start"
+        elif [[ $line == fanout:\ *messages\ to* && $line != *s/* && ! -e "$dir/end" ]]; then
+            date +%s.%N >"$dir/end"
+            redis-cli -p "$redis_port" info commandstats >"$dir/commandstats.txt"
+            redis-cli -p "$redis_port" slowlog get 100000 >"$dir/slowlog.txt"
+        fi
+    done
+kill "$sampler"
+
+python3 - "$dir" "$clients" <<'PY'
+import json, sys
+dir, clients = sys.argv[1], sys.argv[2]
+q = lambda v, p: sorted(v)[min(len(v) - 1, int(p * len(v)))]
+fanout = json.load(open(f"{dir}/fanout.json"))
+print(f"parlor-bench fanout, {clients} pollers on one node:", json.dumps(fanout))
+start, end = float(open(f"{dir}/start").read()), float(open(f"{dir}/end").read())
+print(f"measured window: {end - start:.1f} s")
+for line in open(f"{dir}/commandstats.txt"):
+    if line.startswith(("cmdstat_evalsha:", "cmdstat_ping:")):
+        name, fields = line.strip().split(":", 1)
+        stats = dict(field.split("=") for field in fields.split(","))
+        print(f"  {name[8:]}: {stats['calls']} calls, {float(stats['usec_per_call']):.1f} µs each "
+              f"on average, {int(stats['usec']) / 1000 / (end - start):.0f} ms of Redis time per second")
+log = open(f"{dir}/slowlog.txt").read().splitlines()
+# Each entry as redis-cli prints it: id, unix time, duration (µs), the
+# command's words, client address, client name.
+slow = [(int(log[i - 1]), log[i + 3:i + 6]) for i, line in enumerate(log)
+        if line.lower() == "evalsha"]
+print(f"  scripts that ran 1 ms or longer: {len(slow)}"
+      + (f", p50 of those {q([us for us, _ in slow], .5)} µs; the longest, with their "
+         f"first arguments: {sorted(slow, reverse=True)[:3]}" if slow else ""))
+pings = [line.split() for line in open(f"{dir}/latency.txt")]
+pings = [float(ms) for at, ms in pings if start <= float(at) <= end]
+print(f"PING round trips in the window ({len(pings)}): p50 {q(pings, .5):.2f} ms, "
+      f"p99 {q(pings, .99):.2f} ms, p99.9 {q(pings, .999):.2f} ms, max {max(pings):.2f} ms")
+PY
