@@ -9,10 +9,10 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 pub mod nginx;
-#[cfg(unix)] // SIGTERM is sent with kill(1)
-pub mod process;
 #[cfg(unix)]
 pub mod nodes;
+#[cfg(unix)] // SIGTERM is sent with kill(1)
+pub mod process;
 pub mod redis;
 
 use std::hash::{BuildHasher, Hasher};
