@@ -9,25 +9,13 @@ use std::time::{Duration, Instant};
 use hyper::Method;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStdout};
 
+use super::process::parlor;
 use super::{encode_form, request_to, Answer};
 
 /// Longest one step may take: a start, a reconnect, an answer.
 pub const PATIENCE: Duration = Duration::from_secs(30);
-
-/// A `parlor` command with no `PARLOR_*` settings inherited from whoever
-/// runs the tests, so only what a test sets applies.
-pub fn parlor() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_parlor"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("PARLOR_") {
-            command.env_remove(name);
-        }
-    }
-    command.env("RUST_LOG", "warn").kill_on_drop(true);
-    command
-}
 
 /// One `parlor` node process.
 pub struct Node {
