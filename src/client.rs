@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -103,6 +103,24 @@ impl Conn {
         self.call(request).await
     }
 
+    /// A GET with extra request headers, answering the response's headers
+    /// too: Nchan's long-poll subscriber carries its place in the channel in
+    /// `Last-Modified`/`Etag` and wants them back as `If-Modified-Since`/
+    /// `If-None-Match`.
+    pub async fn get_with(
+        &mut self,
+        uri: String,
+        headers: HeaderMap,
+    ) -> Result<(Answer, HeaderMap), Error> {
+        let mut request = Request::builder()
+            .method(Method::GET)
+            .uri(uri)
+            .header(HOST, self.target.host.clone())
+            .body(Full::new(Bytes::new()))?;
+        request.headers_mut().extend(headers);
+        self.exchange(request).await
+    }
+
     /// Posts a urlencoded form.
     pub async fn post(&mut self, path: &str, form: String) -> Result<Answer, Error> {
         let request = Request::builder()
@@ -117,16 +135,27 @@ impl Conn {
     /// Sends a request and reads the whole answer, polling the connection
     /// future alongside.
     async fn call(&mut self, request: Request<Full<Bytes>>) -> Result<Answer, Error> {
+        Ok(self.exchange(request).await?.0)
+    }
+
+    /// `call`, keeping the response's headers.
+    async fn exchange(
+        &mut self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(Answer, HeaderMap), Error> {
         self.revive().await?;
         let Conn {
             send, conn, closed, ..
         } = self;
         let mut work = pin!(async move {
             send.ready().await?;
-            let response = send.send_request(request).await?;
-            let status = response.status();
-            let body = response.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>(Answer { status, body })
+            let (parts, body) = send.send_request(request).await?.into_parts();
+            let body = body.collect().await?.to_bytes();
+            let answer = Answer {
+                status: parts.status,
+                body,
+            };
+            Ok::<_, hyper::Error>((answer, parts.headers))
         });
         let result = poll_fn(|cx| {
             if let Poll::Ready(result) = work.as_mut().poll(cx) {

@@ -19,6 +19,8 @@
 //!   `--server-pid`, per server CPU-second.
 //! - `soak`: N polls held for `--duration`, re-polling on each answer;
 //!   counts answers on time and late, samples the server's RSS and CPU.
+//! - `compare` (its own options, `parlor-bench compare --help`): the same
+//!   shapes against parlor or Nchan, for `scripts/compare-nchan.sh`.
 //!
 //! Cost: one thread (a current-thread runtime and a `LocalSet`), one task
 //! per poller, and each connection (`parlor::client::Conn`) is driven
@@ -37,6 +39,7 @@
 //! `report`, `probe` and `progress` measure and show; one file per scenario.
 
 mod api;
+mod compare;
 mod dialog;
 mod fanout;
 mod floor;
@@ -162,6 +165,10 @@ impl Scenario {
 }
 
 fn main() {
+    // `compare` drives parlor or Nchan with its own options (compare/mod.rs).
+    if std::env::args().nth(1).as_deref() == Some("compare") {
+        return compare::main();
+    }
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
