@@ -35,10 +35,11 @@ where
     let job = Rc::new(job);
     let next = Rc::new(Cell::new(0usize));
     let mut set = JoinSet::new();
-    for _ in 0..workers.clamp(1, count.max(1)) {
+    for worker in 0..workers.clamp(1, count.max(1)) {
         let (ctx, job, next) = (ctx.clone(), job.clone(), next.clone());
         set.spawn_local(async move {
-            let mut conn = Conn::open(&ctx.target).await?;
+            let target = ctx.node(worker);
+            let mut conn = Conn::open(target).await?;
             loop {
                 let index = next.get();
                 if index >= count {
@@ -46,7 +47,7 @@ where
                 }
                 next.set(index + 1);
                 if conn.is_closed() {
-                    conn = Conn::open(&ctx.target).await?;
+                    conn = Conn::open(target).await?;
                 }
                 (*job)(&mut conn, index).await?;
             }
