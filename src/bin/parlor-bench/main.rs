@@ -79,8 +79,9 @@ struct Args {
     #[arg(value_enum)]
     scenario: Scenario,
 
-    /// Base URL of the server (http only). Repeat for cluster nodes: a user's
-    /// poll and its sender go to different ones, round robin (see `nodes`).
+    /// Base URL of the server (http only). Repeat for a cluster's nodes:
+    /// connections are spread over them round robin, and a sender and its
+    /// receiver's poll use different nodes.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: Vec<String>,
 
