@@ -119,8 +119,14 @@ pub async fn run(
             return Err(Refusal::StoreUnavailable);
         }
     };
+    answer_of(script.name, value)
+}
+
+/// One answer of script `name` (a table: `'ok'` then the answer, or a
+/// refusal): the answer after the `'ok'`, or the refusal.
+pub fn answer_of(name: &str, value: Value) -> HubResult<Vec<Value>> {
     let Value::Array(mut items) = value else {
-        tracing::error!(script = script.name, ?value, "script answered no table");
+        tracing::error!(script = name, ?value, "script answered no table");
         return Err(Refusal::StoreUnavailable);
     };
     let tag = items.first().map(text).unwrap_or_default();
@@ -128,7 +134,7 @@ pub async fn run(
         items.remove(0);
         return Ok(items);
     }
-    Err(refusal(script.name, &tag, &items[1..]))
+    Err(refusal(name, &tag, &items[1..]))
 }
 
 /// Runs one plain command with the same deadline and error mapping as
