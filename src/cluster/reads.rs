@@ -123,7 +123,10 @@ impl Cluster {
                     .arg(if request.copy_presence { "1" } else { "0" })
                     .arg(request.generation);
             }
-            match scripts::run(self.redis(), &READ, &[], args).await {
+            // A read may run twice: a copy is not made again (lseen, pseen),
+            // an acknowledgement is the same, and a second generation
+            // supersedes only the first, which nobody parked.
+            match scripts::run_repeatable(self.redis(), &READ, &[], args).await {
                 Ok(answers) => {
                     let mut answers = answers.into_iter();
                     for waiting in batch {
