@@ -11,7 +11,7 @@
 //! | key | type | holds | bound |
 //! |-----|------|-------|-------|
 //! | `acct:{NAME}` | HASH | `kind` = `password` or `jwt`, `phc` = argon2 PHC string | one per account |
-//! | `tok:{SHA256HEX}` | HASH | `user`, `client` (id), `gen` (poll generation), `epoch` (of the mailbox it was opened on) | one per client process; deleted when it closes |
+//! | `tok:{SHA256HEX}` | HASH | `user`, `client` (id), `gen` (poll generation), `epoch` (of the mailbox it was opened on), `parked` (generation of the poll whose last read answered `park`, if any) | one per client process; deleted when it closes |
 //! | `clients:{NAME}` | HASH | client id → token sha | `MAX_CLIENTS_PER_USER` |
 //! | `acks:{NAME}` | HASH | client id → highest cursor acknowledged | as `clients` |
 //! | `deadlines` | ZSET | `NAME\0CLIENT` → inactivity deadline (ms, Redis `TIME`) | one per client process |
@@ -21,6 +21,7 @@
 //! | `pboard` | HASH | NAME → `VERSION:STATUS` (status may be `offline`) | one per user seen online; offline entries every mailbox has seen are pruned |
 //! | `pchanges` | ZSET | NAME → VERSION of the user's newest change | as `pboard` |
 //! | `poffline` | ZSET | NAME → VERSION of users whose board entry is `offline` (pruned from the board once every mailbox copied it) | as `pboard` |
+//! | `pswept` | STRING | the highest presence version of an offline entry pruned from the board (a node's online list older than that is read anew, not updated) | — |
 //! | `mseen` | ZSET | NAME → the presence version NAME's mailbox copied up to (`pseen`), so the sweeper finds the oldest | one per online user |
 //! | `mbox:{NAME}` | LIST | events of an online user, JSON with `seq`, oldest first | `MAILBOX_CAPACITY`; deleted when the user goes offline |
 //! | `mmeta:{NAME}` | HASH | `start` (seq of the newest dropped event), `head` (newest seq), `pseen` (presence version copied), `lseen` (lobby message id copied), `epoch` | as `mbox` |
@@ -114,6 +115,7 @@ fixed_keys! {
     LOBBY_TRIMMED, "K_LOBBYTRIM", "lobbytrim";
     MAILBOX_SEEN, "K_MSEEN", "mseen";
     PRESENCE_OFFLINE, "K_POFFLINE", "poffline";
+    PRESENCE_SWEPT, "K_PSWEPT", "pswept";
 }
 
 /// `parlor:cmid:{NAME}:ID`: the answer of `name`'s /send with
