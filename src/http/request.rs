@@ -196,19 +196,35 @@ impl Params {
         if let Some(bearer) = &self.bearer {
             return Ok(bearer);
         }
-        self.optional_str("token")?.ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing_token",
-                "send the token from /join as `Authorization: Bearer TOKEN` or a `token` parameter",
-            )
-        })
+        self.optional_str("token")?.ok_or_else(missing_token)
+    }
+
+    /// The client token as `token` finds it, taken out of the parameters
+    /// (no copy), which are dropped.
+    pub fn into_token(mut self) -> ApiResult<String> {
+        if let Some(bearer) = self.bearer.take() {
+            return Ok(bearer);
+        }
+        let at = self.values.iter().rposition(|(key, _)| key == "token");
+        match at.map(|at| self.values.swap_remove(at).1) {
+            Some(Value::String(token)) => Ok(token),
+            None | Some(Value::Null) => Err(missing_token()),
+            Some(_) => Err(ApiError::invalid_param("token", "a string")),
+        }
     }
 
     /// The bearer token only (for the admin endpoint).
     pub fn bearer(&self) -> Option<&str> {
         self.bearer.as_deref()
     }
+}
+
+fn missing_token() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "missing_token",
+        "send the token from /join as `Authorization: Bearer TOKEN` or a `token` parameter",
+    )
 }
 
 fn body_too_large() -> ApiError {
