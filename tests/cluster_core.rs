@@ -174,7 +174,7 @@ async fn redis_down_answers_503_then_everything_resumes_on_its_aof() {
     redis.restart();
     // Once Redis answers (its AOF loaded), the first request succeeds:
     // the node's connection is made again without a 503 first.
-    let mut connection = redis.connection().await;
+    let mut connection = connection(&redis).await;
     let started = Instant::now();
     while redis::cmd("PING")
         .query_async::<String>(&mut connection)
