@@ -1,13 +1,14 @@
 //! Cluster mode's /join limits hold across nodes: wrong passwords for one
 //! name from one address, and sign-ups from one address, spread over two
-//! nodes are refused at single-node's budget, not at twice it.
+//! nodes are refused at single-node's budget, not at twice it, and so
+//! are one client process's /status calls.
 
 mod cluster_support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cluster_support::{node_config, Node, Redis};
-use parlor::config::PASSWORD_FAILURES_PER_MINUTE;
+use parlor::config::{PASSWORD_FAILURES_PER_MINUTE, STATUS_BURST};
 
 /// Posts `fields` to /join on each node in turn until an answer is not
 /// `expected`: that answer, and how many were `expected` before it.
@@ -80,4 +81,32 @@ async fn sign_ups_spread_over_two_nodes_share_one_budget() {
             .await;
         assert_eq!(status, 200, "{json}");
     }
+}
+
+#[tokio::test]
+async fn status_changes_spread_over_two_nodes_share_one_budget() {
+    let redis = Redis::start();
+    let (a, b) = (Node::start(&redis).await, Node::start(&redis).await);
+    let (ann, _) = a.join("ann").await;
+    let started = Instant::now();
+    let statuses = ["busy", "away"];
+    let mut done = 0;
+    let (status, json) = loop {
+        let node = [&a, &b][done % 2];
+        let fields = [("token", ann.as_str()), ("status", statuses[done % 2])];
+        let (status, json) = node.post("/status", &fields).await;
+        if status != 200 || done == 100 {
+            break (status, json);
+        }
+        done += 1;
+    };
+    // A burst of `STATUS_BURST`, then one a second: per node it would be
+    // twice the burst.
+    let most = STATUS_BURST as usize + started.elapsed().as_secs() as usize + 1;
+    assert!(
+        (STATUS_BURST as usize..=most).contains(&done),
+        "{done} status changes"
+    );
+    assert_eq!(status, 429, "{json}");
+    assert_eq!(json["error"], "rate_limited", "{json}");
 }
