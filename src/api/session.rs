@@ -57,9 +57,10 @@ async fn join_with_token(
             "give `password` or `auth`, not both",
         ));
     }
-    let vouched = join_tokens
-        .verify(jwt)
-        .map_err(|BadToken(why)| engine.bad_join_token(client, why))?;
+    let vouched = match join_tokens.verify(jwt) {
+        Ok(vouched) => vouched,
+        Err(BadToken(why)) => return Err(engine.bad_join_token(client, why).await.into()),
+    };
     if params
         .optional_str("name")?
         .is_some_and(|name| name != vouched.user)

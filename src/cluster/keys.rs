@@ -34,6 +34,9 @@
 //! | `lobbytrim` | STRING | the highest lobby message id dropped from `lobbylog` | — |
 //! | `cmid:{NAME}:ID` | STRING | a /send's answer JSON for `client_msg_id` ID | TTL `CLIENT_MSG_ID_TTL_SECS` |
 //! | `srate:{NAME}`, `rrate:{NAME}` | STRING | when the user's send / room-creation bucket is full again (µs, Redis `TIME`) | TTL: until then |
+//! | `signrate:{ADDR}`, `jwtrate:{ADDR}` | STRING | when the client address's sign-up / bad-join-JWT bucket is full again (µs) | TTL: until then |
+//! | `pwrate:{NAME}:ADDR` | STRING | when the wrong-password bucket of (NAME, client address) is full again (µs) | TTL: until then |
+//! | `statrate:{SHA256HEX}` | STRING | when the client process's /status bucket is full again (µs) | TTL: until then |
 //!
 //! Channel `parlor:wake` carries wake-ups (see `wake`): `u NAME` (the
 //! user's mailbox changed), `b` (the lobby log changed: every parked poll
@@ -89,6 +92,9 @@ named_keys! {
     history, "hist", "hist:{", "}";
     send_rate, "srate", "srate:{", "}";
     room_rate, "rrate", "rrate:{", "}";
+    signup_rate, "signrate", "signrate:{", "}";
+    bad_join_token_rate, "jwtrate", "jwtrate:{", "}";
+    status_rate, "statrate", "statrate:{", "}";
 }
 
 /// The keys with no name in them, as (Rust constant, Lua variable).
@@ -123,6 +129,12 @@ fixed_keys! {
 /// hash tag).
 pub fn client_msg_id(name: &str, id: &str) -> String {
     format!("{PREFIX}cmid:{{{name}}}:{id}")
+}
+
+/// `parlor:pwrate:{NAME}:ADDR`: the wrong-password bucket of `name` tried
+/// from client address `addr`.
+pub fn password_rate(name: &str, addr: &str) -> String {
+    format!("{PREFIX}pwrate:{{{name}}}:{addr}")
 }
 
 /// The hex SHA-256 of a client token: what `tok:{...}` and `clients:{...}`
@@ -197,6 +209,7 @@ mod tests {
         assert_eq!(mailbox("ann"), "parlor:mbox:{ann}");
         assert_eq!(members("dialog:ann:bob"), "parlor:members:{dialog:ann:bob}");
         assert_eq!(client_msg_id("ann", "x}y"), "parlor:cmid:{ann}:x}y");
+        assert_eq!(password_rate("ann", "::1"), "parlor:pwrate:{ann}:::1");
         assert_eq!(LOBBY_LOG, "parlor:lobbylog");
     }
 

@@ -26,11 +26,11 @@ use redis::Value;
 use super::scripts::{self, array, integer, text, Args};
 use super::{keys, Cluster};
 use crate::auth::join_token::Vouched;
-use crate::config::MAX_PASSWORD_BYTES;
+use crate::config::{SignupMode, MAX_PASSWORD_BYTES};
 use crate::conversation::{is_dialog, Conversation};
 use crate::event::Status;
 use crate::hub::online::{OnlineNames, OnlineSnapshot};
-use crate::hub::{valid_name, HubResult, Refusal, Session};
+use crate::hub::{valid_name, HubResult, Limited, Refusal, Session};
 use crate::metrics::RateLimit;
 
 script!(CLAIM_ACCOUNT, "claim_account");
@@ -93,11 +93,11 @@ impl Cluster {
     }
 
     /// The refusal of a /join whose JWT is bad, counted against the
-    /// address's limit of bad tokens (per node, as single-node counts it).
-    pub fn bad_join_token(&self, from: IpAddr, why: String) -> Refusal {
-        match self.rates().bad_join_token(from) {
+    /// address's limit of bad tokens (cluster-wide, `rates`).
+    pub async fn bad_join_token(&self, from: IpAddr, why: String) -> Refusal {
+        match self.bad_join_token_from(from).await {
             Ok(()) => Refusal::BadAuthToken { why },
-            Err(limited) => limited,
+            Err(refusal) => refusal,
         }
     }
 
@@ -122,21 +122,18 @@ impl Cluster {
     }
 
     /// Checks `password` for `name`, or claims the name with it; limited as
-    /// single-node limits it (per node).
+    /// single-node limits it, across every node (`rates`).
     async fn check_password(&self, name: &str, password: &str, from: IpAddr) -> HubResult<()> {
-        let rates = self.rates();
-        rates.password_try(name, from)?;
-        let account = redis::cmd("HMGET")
-            .arg(keys::account(name))
-            .arg("kind")
-            .arg("phc")
-            .clone();
-        let (kind, phc): (Option<String>, Option<String>) =
-            scripts::command(self.redis(), &account).await?;
-        let (kind, phc) = match (kind, phc) {
-            (Some(kind), phc) => (kind, phc.unwrap_or_default()),
+        let account = self.account_to_try(name, from).await?;
+        let (kind, phc) = match (account.kind, account.phc) {
+            (Some(kind), phc) => (kind, phc),
             (None, _) => {
-                rates.signup(name, from)?;
+                if self.shared.limits.signup == SignupMode::Closed {
+                    return Err(Refusal::SignupClosed {
+                        name: name.to_owned(),
+                    });
+                }
+                self.signup(from).await?;
                 let hash = self.hash(password).await?;
                 let args = Args::new().arg(name).arg(PASSWORD_KIND).arg(&hash);
                 let claimed = scripts::run(self.redis(), &CLAIM_ACCOUNT, &[], args).await?;
@@ -153,7 +150,7 @@ impl Cluster {
         if matches {
             Ok(())
         } else {
-            rates.wrong_password(name, from);
+            self.wrong_password(name, from).await?;
             Err(Refusal::BadCredentials {
                 name: name.to_owned(),
             })
@@ -189,16 +186,19 @@ impl Cluster {
     /// POST /status, a few times a second at most per client process.
     pub async fn set_status(&self, token: &str, status: Status) -> HubResult<()> {
         let sha = keys::token_sha(token);
-        self.rates().status_change(client_key(&sha))?;
         let status = match status {
             Status::Online => "online",
             Status::Busy => "busy",
             Status::Away => "away",
             Status::Offline => return Err(Refusal::StoreUnavailable),
         };
-        let args = Args::new().arg(sha).arg(status);
-        scripts::run(self.redis(), &STATUS, &[], args).await?;
-        Ok(())
+        let (interval, burst) = super::send::rate_args(self.shared.limits.status_changes);
+        let args = Args::new().arg(sha).arg(status).arg(interval).arg(burst);
+        let answer = scripts::run(self.redis(), &STATUS, &[], args).await?;
+        match answer.first().map(text).as_deref() {
+            Some("limited") => Err(self.limited(Limited::StatusChanges, &answer)),
+            _ => Ok(()),
+        }
     }
 
     /// POST /leave: ends the client process now.
@@ -346,12 +346,6 @@ fn conversations(value: Option<&Value>) -> Vec<Conversation> {
             })
         })
         .collect()
-}
-
-/// A client process's key in this node's /status limiter: its token's
-/// hash stands for it (one token, one client process).
-fn client_key(sha: &str) -> u64 {
-    u64::from_str_radix(&sha[..16.min(sha.len())], 16).unwrap_or(0)
 }
 
 pub(super) fn millis(duration: Duration) -> u64 {

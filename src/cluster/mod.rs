@@ -32,6 +32,7 @@ mod conversations;
 pub mod keys;
 mod membership;
 mod poll;
+mod rates;
 mod reads;
 mod send;
 mod sweeper;
@@ -46,7 +47,6 @@ use tokio::sync::watch;
 
 use crate::auth::PasswordHasherPool;
 use crate::config::RedisUrl;
-use crate::hub::rates::Rates;
 use crate::hub::HubConfig;
 use crate::limits::Limits;
 use crate::metrics::{Gauges, Metrics};
@@ -80,10 +80,7 @@ struct Shared {
     reads: reads::ReadQueue,
     config: HubConfig,
     hasher: PasswordHasherPool,
-    /// This node's rate limits (per node: a client spread over N nodes by
-    /// a balancer gets up to N times each limit).
-    rates: Rates,
-    /// The limits' policy. Sends and room creations are limited in Redis
+    /// The limits' policy. Every rate limit is a token bucket in Redis
     /// (lib.lua's `take_rate`), by these rates, across every node.
     limits: Limits,
     /// The online users as /join, /sync and /users answer them, at the
@@ -162,7 +159,6 @@ impl Cluster {
                     limits.hash_wait,
                 ),
                 config,
-                rates: Rates::new(&limits, metrics.clone()),
                 limits,
                 online: Mutex::default(),
                 metrics,
@@ -229,11 +225,6 @@ impl Cluster {
     /// The command connection (for `scripts::run`).
     fn redis(&self) -> &ConnectionManager {
         &self.shared.redis
-    }
-
-    /// This node's rate limits.
-    fn rates(&self) -> &Rates {
-        &self.shared.rates
     }
 }
 

@@ -194,6 +194,25 @@ local function take_rate(key, interval, burst)
   return false
 end
 
+-- Like take_rate, but takes nothing: the milliseconds until the bucket at
+-- `key` has a token, or false if it has one now.
+local function rate_wait(key, interval, burst)
+  if interval <= 0 then
+    return false
+  end
+  local now = redis.call('TIME')
+  local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  local full_at = tonumber(redis.call('GET', key) or 0)
+  if full_at < now_us then
+    full_at = now_us
+  end
+  local over = full_at + interval - now_us - burst * interval
+  if over > 0 then
+    return math.ceil(over / 1000)
+  end
+  return false
+end
+
 -- JSON string literal of a plain name (names are [A-Za-z0-9_.-] and
 -- dialog ids add ':'; nothing to escape).
 local function quote(name)
