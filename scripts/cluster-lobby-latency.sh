@@ -8,15 +8,21 @@
 #     `redis-cli --latency` does), with the time of each;
 #   - INFO commandstats: how many scripts ran and their mean time;
 #   - SLOWLOG: every command that ran 1 ms or longer (a lower threshold
-#     would log each command a script runs and slow the scripts down).
+#     would log each command a script runs and slow the scripts down);
+#   - Redis's CPU time (INFO cpu, user+sys) for the joins, and for the
+#     catch-up that follows (every user polls until it has read the
+#     presence of those who joined after it).
 # All are for the measured window only (parlor-bench's progress lines mark
 # its start and end), not for the joins and the parking before it.
 # Usage: scripts/cluster-lobby-latency.sh [CLIENTS] [DURATION]
-#        (default 5000 pollers for 15s; cargo build --release first)
+#        (default 5000 pollers for 15s; cargo build --release first;
+#        BIN=DIR takes parlor and parlor-bench from DIR instead of
+#        target/release, to compare two builds in one sitting)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 clients=${1:-5000}
 duration=${2:-15s}
+bin=${BIN:-target/release}
 dir=$(mktemp -d /tmp/parlor-lobby-latency.XXXXXX)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 redis_port=$(free_port)
@@ -33,7 +39,7 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir" --save "" \
 pids+=($!)
 until redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG; do sleep 0.1; done
 
-target/release/parlor --listen 127.0.0.1:0 --redis "redis://127.0.0.1:$redis_port/0" \
+"$bin/parlor" --listen 127.0.0.1:0 --redis "redis://127.0.0.1:$redis_port/0" \
     --inactivity-timeout 10m --argon2-memory-kib 8 --argon2-iterations 1 \
     --signups-per-ip 0 --send-rate 0 --max-connections-per-ip 0 \
     >"$dir/parlor.out" 2>"$dir/parlor.err" &
@@ -57,12 +63,20 @@ while True:
 ' "$redis_port" >"$dir/latency.txt" &
 sampler=$!
 pids+=($sampler)
+redis_cpu() { redis-cli -p "$redis_port" info cpu | tr -d '\r' |
+    awk -F: '/^used_cpu_(user|sys):/ { total += $2 } END { print total }'; }
+redis_cpu >"$dir/cpu-start"
 # The line that ends the setup ("parked N polls") resets Redis's counters;
 # the summary line that ends the measured window reads them.
-target/release/parlor-bench --url "$url" --server-pid "$node" fanout \
+"$bin/parlor-bench" --url "$url" --server-pid "$node" fanout \
     --clients "$clients" --duration "$duration" --json 2>&1 >"$dir/fanout.json" |
     while IFS= read -r line; do
         echo "$line" >&2
+        if [[ $line == joined\ * ]]; then
+            redis_cpu >"$dir/cpu-joined"
+        elif [[ $line == caught\ * ]]; then
+            redis_cpu >"$dir/cpu-caught-up"
+        fi
         if [[ $line == parked\ * && ! -e "$dir/start" ]]; then
             redis-cli -p "$redis_port" config resetstat >/dev/null
             redis-cli -p "$redis_port" slowlog reset >/dev/null
@@ -81,6 +95,9 @@ dir, clients = sys.argv[1], sys.argv[2]
 q = lambda v, p: sorted(v)[min(len(v) - 1, int(p * len(v)))]
 fanout = json.load(open(f"{dir}/fanout.json"))
 print(f"parlor-bench fanout, {clients} pollers on one node:", json.dumps(fanout))
+cpu = lambda name: float(open(f"{dir}/cpu-{name}").read())
+print(f"Redis CPU (user+sys): joins {cpu('joined') - cpu('start'):.1f} s, "
+      f"then catching every user up on presence {cpu('caught-up') - cpu('joined'):.1f} s")
 start, end = float(open(f"{dir}/start").read()), float(open(f"{dir}/end").read())
 print(f"measured window: {end - start:.1f} s")
 for line in open(f"{dir}/commandstats.txt"):

@@ -72,6 +72,10 @@ if [[ -d tests/browser ]]; then
     command -v node >/dev/null || apt_install nodejs
     command -v npm >/dev/null || apt_install npm
     log "browser tests (headless Chromium)"
+    # tests/browser/cluster.test.js starts its own redis-server (from PATH,
+    # installed above) and nginx (/usr/sbin/nginx) behind which the page
+    # talks to three cluster nodes.
+    command -v redis-server >/dev/null || { echo "redis-server is not on PATH" >&2; exit 1; }
     cargo build --locked --bin parlor
     (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
     # One file at a time: each launches Chromium and parlor servers, and two

@@ -107,11 +107,11 @@ impl Engine {
     }
 
     /// The refusal of a /join whose JWT is bad, counted against the
-    /// address's limit of bad tokens (per node in cluster mode).
-    pub fn bad_join_token(&self, from: IpAddr, why: String) -> Refusal {
+    /// address's limit of bad tokens (across every node in cluster mode).
+    pub async fn bad_join_token(&self, from: IpAddr, why: String) -> Refusal {
         match self {
             Engine::Single(hub) => hub.bad_join_token(from, why),
-            Engine::Cluster(cluster) => cluster.bad_join_token(from, why),
+            Engine::Cluster(cluster) => cluster.bad_join_token(from, why).await,
         }
     }
 

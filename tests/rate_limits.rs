@@ -39,8 +39,8 @@ where
     panic!("1000 calls and never refused");
 }
 
-/// POST /status to the first node: in cluster mode each node limits
-/// status changes on its own.
+/// POST /status to the first node (in cluster mode the limit is one
+/// bucket in Redis, whichever node is asked).
 async fn set_status(client: &TestClient<'_>, status: &str) -> Answer {
     let form = encode_form(&[("token", &client.token), ("status", status)]);
     common::request_to(

@@ -1,5 +1,6 @@
 //! A client process's life: /join, /sync, /poll, /status, /users, /leave.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -56,9 +57,10 @@ async fn join_with_token(
             "give `password` or `auth`, not both",
         ));
     }
-    let vouched = join_tokens
-        .verify(jwt)
-        .map_err(|BadToken(why)| engine.bad_join_token(client, why))?;
+    let vouched = match join_tokens.verify(jwt) {
+        Ok(vouched) => vouched,
+        Err(BadToken(why)) => return Err(engine.bad_join_token(client, why).await.into()),
+    };
     if params
         .optional_str("name")?
         .is_some_and(|name| name != vouched.user)
@@ -121,12 +123,30 @@ fn session_json(session: &Session) -> Vec<u8> {
     out
 }
 
-pub async fn poll(engine: &Engine, params: Params) -> ApiResult<Response<Body>> {
-    let token = params.token()?;
+///
+/// Not an `async fn`: the parameters are read, and all but the token
+/// dropped, before the poll waits, so a parked poll keeps one string of
+/// them rather than every parameter's (an `async fn` would keep its
+/// arguments for its whole life).
+pub fn poll(
+    engine: &Engine,
+    params: Params,
+) -> impl Future<Output = ApiResult<Response<Body>>> + Send + '_ {
+    let asked = poll_params(params);
+    async move {
+        let (token, cursor, timeout) = asked?;
+        let body = engine.poll(&token, cursor, timeout).await?;
+        Ok(json_bytes(StatusCode::OK, body))
+    }
+}
+
+/// /poll's token, cursor and timeout.
+fn poll_params(params: Params) -> ApiResult<(String, u64, Option<Duration>)> {
+    // The token's errors first, as every endpoint's.
+    params.token()?;
     let cursor = params.u64("cursor")?;
     let timeout = params.optional_u64("timeout")?.map(Duration::from_millis);
-    let body = engine.poll(token, cursor, timeout).await?;
-    Ok(json_bytes(StatusCode::OK, body))
+    Ok((params.into_token()?, cursor, timeout))
 }
 
 pub async fn set_status(engine: &Engine, params: Params) -> ApiResult<Response<Body>> {

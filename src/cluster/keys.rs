@@ -11,7 +11,7 @@
 //! | key | type | holds | bound |
 //! |-----|------|-------|-------|
 //! | `acct:{NAME}` | HASH | `kind` = `password` or `jwt`, `phc` = argon2 PHC string | one per account |
-//! | `tok:{SHA256HEX}` | HASH | `user`, `client` (id), `gen` (poll generation), `epoch` (of the mailbox it was opened on) | one per client process; deleted when it closes |
+//! | `tok:{SHA256HEX}` | HASH | `user`, `client` (id), `gen` (poll generation), `epoch` (of the mailbox it was opened on), `parked` (generation of the poll whose last read answered `park`, if any) | one per client process; deleted when it closes |
 //! | `clients:{NAME}` | HASH | client id → token sha | `MAX_CLIENTS_PER_USER` |
 //! | `acks:{NAME}` | HASH | client id → highest cursor acknowledged | as `clients` |
 //! | `deadlines` | ZSET | `NAME\0CLIENT` → inactivity deadline (ms, Redis `TIME`) | one per client process |
@@ -21,6 +21,7 @@
 //! | `pboard` | HASH | NAME → `VERSION:STATUS` (status may be `offline`) | one per user seen online; offline entries every mailbox has seen are pruned |
 //! | `pchanges` | ZSET | NAME → VERSION of the user's newest change | as `pboard` |
 //! | `poffline` | ZSET | NAME → VERSION of users whose board entry is `offline` (pruned from the board once every mailbox copied it) | as `pboard` |
+//! | `pswept` | STRING | the highest presence version of an offline entry pruned from the board (a node's online list older than that is read anew, not updated) | — |
 //! | `mseen` | ZSET | NAME → the presence version NAME's mailbox copied up to (`pseen`), so the sweeper finds the oldest | one per online user |
 //! | `mbox:{NAME}` | LIST | events of an online user, JSON with `seq`, oldest first | `MAILBOX_CAPACITY`; deleted when the user goes offline |
 //! | `mmeta:{NAME}` | HASH | `start` (seq of the newest dropped event), `head` (newest seq), `pseen` (presence version copied), `lseen` (lobby message id copied), `epoch` | as `mbox` |
@@ -33,6 +34,9 @@
 //! | `lobbytrim` | STRING | the highest lobby message id dropped from `lobbylog` | — |
 //! | `cmid:{NAME}:ID` | STRING | a /send's answer JSON for `client_msg_id` ID | TTL `CLIENT_MSG_ID_TTL_SECS` |
 //! | `srate:{NAME}`, `rrate:{NAME}` | STRING | when the user's send / room-creation bucket is full again (µs, Redis `TIME`) | TTL: until then |
+//! | `signrate:{ADDR}`, `jwtrate:{ADDR}` | STRING | when the client address's sign-up / bad-join-JWT bucket is full again (µs) | TTL: until then |
+//! | `pwrate:{NAME}:ADDR` | STRING | when the wrong-password bucket of (NAME, client address) is full again (µs) | TTL: until then |
+//! | `statrate:{SHA256HEX}` | STRING | when the client process's /status bucket is full again (µs) | TTL: until then |
 //!
 //! Channel `parlor:wake` carries wake-ups (see `wake`): `u NAME` (the
 //! user's mailbox changed), `b` (the lobby log changed: every parked poll
@@ -88,6 +92,9 @@ named_keys! {
     history, "hist", "hist:{", "}";
     send_rate, "srate", "srate:{", "}";
     room_rate, "rrate", "rrate:{", "}";
+    signup_rate, "signrate", "signrate:{", "}";
+    bad_join_token_rate, "jwtrate", "jwtrate:{", "}";
+    status_rate, "statrate", "statrate:{", "}";
 }
 
 /// The keys with no name in them, as (Rust constant, Lua variable).
@@ -114,6 +121,7 @@ fixed_keys! {
     LOBBY_TRIMMED, "K_LOBBYTRIM", "lobbytrim";
     MAILBOX_SEEN, "K_MSEEN", "mseen";
     PRESENCE_OFFLINE, "K_POFFLINE", "poffline";
+    PRESENCE_SWEPT, "K_PSWEPT", "pswept";
 }
 
 /// `parlor:cmid:{NAME}:ID`: the answer of `name`'s /send with
@@ -121,6 +129,12 @@ fixed_keys! {
 /// hash tag).
 pub fn client_msg_id(name: &str, id: &str) -> String {
     format!("{PREFIX}cmid:{{{name}}}:{id}")
+}
+
+/// `parlor:pwrate:{NAME}:ADDR`: the wrong-password bucket of `name` tried
+/// from client address `addr`.
+pub fn password_rate(name: &str, addr: &str) -> String {
+    format!("{PREFIX}pwrate:{{{name}}}:{addr}")
 }
 
 /// The hex SHA-256 of a client token: what `tok:{...}` and `clients:{...}`
@@ -195,6 +209,7 @@ mod tests {
         assert_eq!(mailbox("ann"), "parlor:mbox:{ann}");
         assert_eq!(members("dialog:ann:bob"), "parlor:members:{dialog:ann:bob}");
         assert_eq!(client_msg_id("ann", "x}y"), "parlor:cmid:{ann}:x}y");
+        assert_eq!(password_rate("ann", "::1"), "parlor:pwrate:{ann}:::1");
         assert_eq!(LOBBY_LOG, "parlor:lobbylog");
     }
 

@@ -9,10 +9,13 @@
 //! `jwt` account is refused like a wrong password, and a JWT join on a
 //! `password` account is refused as a bad token.
 //!
-//! The online list (`online` hash) is read whole, so each node keeps the
-//! last one it read with the presence version it was read at: every change
-//! to who is online or to a status bumps that version in the same script,
-//! so an answer whose script saw the same version reuses it.
+//! Each node keeps a copy of the online list (`online` hash) with the
+//! presence version it is current at: every change to who is online or to
+//! a status bumps that version in the same script, so an answer whose
+//! script saw that version or an older one reuses the copy, and a newer
+//! one brings the copy up to date from the changes since (`online.lua`)
+//! instead of reading the whole list: a join storm of N users costs N
+//! small reads, not N² names.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -23,11 +26,11 @@ use redis::Value;
 use super::scripts::{self, array, integer, text, Args};
 use super::{keys, Cluster};
 use crate::auth::join_token::Vouched;
-use crate::config::MAX_PASSWORD_BYTES;
+use crate::config::{SignupMode, MAX_PASSWORD_BYTES};
 use crate::conversation::{is_dialog, Conversation};
 use crate::event::Status;
-use crate::hub::online::OnlineSnapshot;
-use crate::hub::{valid_name, HubResult, Refusal, Session};
+use crate::hub::online::{OnlineNames, OnlineSnapshot};
+use crate::hub::{valid_name, HubResult, Limited, Refusal, Session};
 use crate::metrics::RateLimit;
 
 script!(CLAIM_ACCOUNT, "claim_account");
@@ -90,11 +93,11 @@ impl Cluster {
     }
 
     /// The refusal of a /join whose JWT is bad, counted against the
-    /// address's limit of bad tokens (per node, as single-node counts it).
-    pub fn bad_join_token(&self, from: IpAddr, why: String) -> Refusal {
-        match self.rates().bad_join_token(from) {
+    /// address's limit of bad tokens (cluster-wide, `rates`).
+    pub async fn bad_join_token(&self, from: IpAddr, why: String) -> Refusal {
+        match self.bad_join_token_from(from).await {
             Ok(()) => Refusal::BadAuthToken { why },
-            Err(limited) => limited,
+            Err(refusal) => refusal,
         }
     }
 
@@ -119,21 +122,18 @@ impl Cluster {
     }
 
     /// Checks `password` for `name`, or claims the name with it; limited as
-    /// single-node limits it (per node).
+    /// single-node limits it, across every node (`rates`).
     async fn check_password(&self, name: &str, password: &str, from: IpAddr) -> HubResult<()> {
-        let rates = self.rates();
-        rates.password_try(name, from)?;
-        let account = redis::cmd("HMGET")
-            .arg(keys::account(name))
-            .arg("kind")
-            .arg("phc")
-            .clone();
-        let (kind, phc): (Option<String>, Option<String>) =
-            scripts::command(self.redis(), &account).await?;
-        let (kind, phc) = match (kind, phc) {
-            (Some(kind), phc) => (kind, phc.unwrap_or_default()),
+        let account = self.account_to_try(name, from).await?;
+        let (kind, phc) = match (account.kind, account.phc) {
+            (Some(kind), phc) => (kind, phc),
             (None, _) => {
-                rates.signup(name, from)?;
+                if self.shared.limits.signup == SignupMode::Closed {
+                    return Err(Refusal::SignupClosed {
+                        name: name.to_owned(),
+                    });
+                }
+                self.signup(from).await?;
                 let hash = self.hash(password).await?;
                 let args = Args::new().arg(name).arg(PASSWORD_KIND).arg(&hash);
                 let claimed = scripts::run(self.redis(), &CLAIM_ACCOUNT, &[], args).await?;
@@ -150,7 +150,7 @@ impl Cluster {
         if matches {
             Ok(())
         } else {
-            rates.wrong_password(name, from);
+            self.wrong_password(name, from).await?;
             Err(Refusal::BadCredentials {
                 name: name.to_owned(),
             })
@@ -186,16 +186,19 @@ impl Cluster {
     /// POST /status, a few times a second at most per client process.
     pub async fn set_status(&self, token: &str, status: Status) -> HubResult<()> {
         let sha = keys::token_sha(token);
-        self.rates().status_change(client_key(&sha))?;
         let status = match status {
             Status::Online => "online",
             Status::Busy => "busy",
             Status::Away => "away",
             Status::Offline => return Err(Refusal::StoreUnavailable),
         };
-        let args = Args::new().arg(sha).arg(status);
-        scripts::run(self.redis(), &STATUS, &[], args).await?;
-        Ok(())
+        let (interval, burst) = super::send::rate_args(self.shared.limits.status_changes);
+        let args = Args::new().arg(sha).arg(status).arg(interval).arg(burst);
+        let answer = scripts::run(self.redis(), &STATUS, &[], args).await?;
+        match answer.first().map(text).as_deref() {
+            Some("limited") => Err(self.limited(Limited::StatusChanges, &answer)),
+            _ => Ok(()),
+        }
     }
 
     /// POST /leave: ends the client process now.
@@ -207,9 +210,7 @@ impl Cluster {
 
     /// GET /users: who is online, with their status.
     pub async fn users(&self, token: &str) -> HubResult<Arc<OnlineSnapshot>> {
-        let args = Args::new().arg(keys::token_sha(token));
-        let answer = scripts::run(self.redis(), &ONLINE, &[], args).await?;
-        Ok(self.online_from(&answer))
+        self.online_list(&keys::token_sha(token), None).await
     }
 
     /// A session from `session_of`'s answer (head, presence version, rooms,
@@ -231,67 +232,98 @@ impl Cluster {
             cursor: head,
             poll_timeout_ms: millis(config.poll_timeout),
             inactivity_timeout_ms: millis(config.inactivity_timeout),
-            online: self.online(version).await?,
+            online: self.online_list("", Some(version)).await?,
             rooms_and_dialogs: rooms,
         })
     }
 
-    /// The online list at presence version `version` or later: the one
-    /// this node read last if it is that recent, else read anew.
-    async fn online(&self, version: u64) -> HubResult<Arc<OnlineSnapshot>> {
-        if let Some((cached, snapshot)) = &*self.online_cache() {
-            if *cached >= version {
-                return Ok(snapshot.clone());
+    /// The online list at presence version `at_least` or later (None: as
+    /// Redis has it now, after checking token hash `sha`). This node's copy
+    /// is brought up to date with the changes since its version
+    /// (`online.lua`), or read whole when Redis cannot tell them.
+    async fn online_list(
+        &self,
+        sha: &str,
+        at_least: Option<u64>,
+    ) -> HubResult<Arc<OnlineSnapshot>> {
+        for attempt in 0..3 {
+            let since = {
+                let mirror = self.online_mirror();
+                if let Some(wanted) = at_least {
+                    if mirror.loaded && mirror.version >= wanted {
+                        return Ok(mirror.names.snapshot());
+                    }
+                }
+                if mirror.loaded && attempt < 2 {
+                    mirror.version
+                } else {
+                    0
+                }
+            };
+            let args = Args::new().arg(sha).arg(since);
+            let answer = scripts::run(self.redis(), &ONLINE, &[], args).await?;
+            let version = answer.first().and_then(integer).unwrap_or(0);
+            let full = answer.get(1).map(text).as_deref() == Some("full");
+            let pairs = answer[2.min(answer.len())..].chunks_exact(2);
+            let pairs = pairs.map(|pair| (text(&pair[0]), text(&pair[1])));
+            let mut mirror = self.online_mirror();
+            if full {
+                let names = online_names(pairs.collect());
+                if !mirror.loaded || version >= mirror.version {
+                    *mirror = OnlineMirror {
+                        loaded: true,
+                        version,
+                        names,
+                    };
+                    return Ok(mirror.names.snapshot());
+                }
+                return Ok(names.snapshot());
             }
+            if mirror.loaded && mirror.version == since {
+                for (name, status) in pairs {
+                    match Status::settable(&status) {
+                        Some(status) => {
+                            mirror.names.insert(&name);
+                            mirror.names.set_status(&name, status);
+                        }
+                        None => mirror.names.remove(&name),
+                    }
+                }
+                mirror.version = version;
+                return Ok(mirror.names.snapshot());
+            }
+            if mirror.loaded && mirror.version >= version {
+                return Ok(mirror.names.snapshot());
+            }
+            // Another answer moved the copy meanwhile: ask again.
         }
-        let answer = scripts::run(self.redis(), &ONLINE, &[], Args::new()).await?;
-        Ok(self.online_from(&answer))
+        Err(Refusal::StoreUnavailable)
     }
 
-    /// The online list from `online.lua`'s answer (version, name, status,
-    /// ...), kept for the next answers if it is the newest read.
-    fn online_from(&self, answer: &[Value]) -> Arc<OnlineSnapshot> {
-        let version = answer.first().and_then(integer).unwrap_or(0);
-        if let Some((cached, snapshot)) = &*self.online_cache() {
-            if *cached == version {
-                return snapshot.clone();
-            }
-        }
-        let mut users: Vec<(String, String)> = answer[1.min(answer.len())..]
-            .chunks_exact(2)
-            .map(|pair| (text(&pair[0]), text(&pair[1])))
-            .collect();
-        users.sort_unstable();
-        let snapshot = Arc::new(snapshot_of(&users));
-        let mut cache = self.online_cache();
-        if cache.as_ref().is_none_or(|(cached, _)| *cached < version) {
-            *cache = Some((version, snapshot.clone()));
-        }
-        snapshot
-    }
-
-    fn online_cache(&self) -> std::sync::MutexGuard<'_, Option<(u64, Arc<OnlineSnapshot>)>> {
-        let cache = self.shared.online.lock();
-        cache.unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn online_mirror(&self) -> std::sync::MutexGuard<'_, OnlineMirror> {
+        let mirror = self.shared.online.lock();
+        mirror.unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-/// The JSON arrays of an online list sorted by name.
-fn snapshot_of(users: &[(String, String)]) -> OnlineSnapshot {
-    #[derive(serde::Serialize)]
-    struct User<'a> {
-        name: &'a str,
-        status: &'a str,
+/// This node's copy of who is online, at a presence version.
+#[derive(Default)]
+pub struct OnlineMirror {
+    /// Read from Redis at least once.
+    loaded: bool,
+    version: u64,
+    names: OnlineNames,
+}
+
+/// The online list of (name, status) pairs.
+fn online_names(mut users: Vec<(String, String)>) -> OnlineNames {
+    users.sort_unstable();
+    let mut names = OnlineNames::default();
+    for (name, status) in users {
+        names.insert(&name);
+        names.set_status(&name, Status::settable(&status).unwrap_or(Status::Online));
     }
-    let listed: Vec<User> = users
-        .iter()
-        .map(|(name, status)| User { name, status })
-        .collect();
-    let names: Vec<&str> = users.iter().map(|(name, _)| name.as_str()).collect();
-    OnlineSnapshot {
-        users: serde_json::to_string(&listed).expect("names serialize"),
-        names: serde_json::to_string(&names).expect("names serialize"),
-    }
+    names
 }
 
 /// Conversations answered as {id, member...} tables.
@@ -314,12 +346,6 @@ fn conversations(value: Option<&Value>) -> Vec<Conversation> {
             })
         })
         .collect()
-}
-
-/// A client process's key in this node's /status limiter: its token's
-/// hash stands for it (one token, one client process).
-fn client_key(sha: &str) -> u64 {
-    u64::from_str_radix(&sha[..16.min(sha.len())], 16).unwrap_or(0)
 }
 
 pub(super) fn millis(duration: Duration) -> u64 {

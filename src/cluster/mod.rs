@@ -14,6 +14,7 @@
 //! - `wake`: the pub/sub listener and the table of this node's parked polls;
 //! - `poll`: /poll (read or park, wake, supersede, timeout) and the safety
 //!   tick;
+//! - `reads`: polls' reads, batched, with a bound on the scripts in flight;
 //! - `membership`: /join, /sync, /leave, /status, /users;
 //! - `send`: /send, /history;
 //! - `conversations`: /dialog, /rooms/join, /rooms/leave, /api/publish;
@@ -31,6 +32,8 @@ mod conversations;
 pub mod keys;
 mod membership;
 mod poll;
+mod rates;
+mod reads;
 mod send;
 mod sweeper;
 pub mod wake;
@@ -44,8 +47,6 @@ use tokio::sync::watch;
 
 use crate::auth::PasswordHasherPool;
 use crate::config::RedisUrl;
-use crate::hub::online::OnlineSnapshot;
-use crate::hub::rates::Rates;
 use crate::hub::HubConfig;
 use crate::limits::Limits;
 use crate::metrics::{Gauges, Metrics};
@@ -75,17 +76,16 @@ struct Shared {
     /// The URL as logs show it (no password).
     shown_url: String,
     wakes: Arc<WakeTable>,
+    /// Polls' reads waiting to run in a batch (`reads`).
+    reads: reads::ReadQueue,
     config: HubConfig,
     hasher: PasswordHasherPool,
-    /// This node's rate limits (per node: a client spread over N nodes by
-    /// a balancer gets up to N times each limit).
-    rates: Rates,
-    /// The limits' policy. Sends and room creations are limited in Redis
+    /// The limits' policy. Every rate limit is a token bucket in Redis
     /// (lib.lua's `take_rate`), by these rates, across every node.
     limits: Limits,
-    /// The online users as /join, /sync and /users answer them, by the
-    /// presence version they were read at (see `membership`).
-    online: Mutex<Option<(u64, Arc<OnlineSnapshot>)>>,
+    /// The online users as /join, /sync and /users answer them, at the
+    /// presence version they are current at (see `membership`).
+    online: Mutex<membership::OnlineMirror>,
     metrics: Metrics,
     /// Cluster-wide counts as the last sweep (by this node) read them.
     counts: Counts,
@@ -151,6 +151,7 @@ impl Cluster {
                 info,
                 shown_url,
                 wakes: Arc::new(WakeTable::default()),
+                reads: reads::ReadQueue::default(),
                 hasher: PasswordHasherPool::new(
                     config.argon2_memory_kib,
                     config.argon2_iterations,
@@ -158,9 +159,8 @@ impl Cluster {
                     limits.hash_wait,
                 ),
                 config,
-                rates: Rates::new(&limits, metrics.clone()),
                 limits,
-                online: Mutex::new(None),
+                online: Mutex::default(),
                 metrics,
                 counts: Counts::default(),
             }),
@@ -225,11 +225,6 @@ impl Cluster {
     /// The command connection (for `scripts::run`).
     fn redis(&self) -> &ConnectionManager {
         &self.shared.redis
-    }
-
-    /// This node's rate limits.
-    fn rates(&self) -> &Rates {
-        &self.shared.rates
     }
 }
 

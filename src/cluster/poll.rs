@@ -1,7 +1,8 @@
 //! /poll in cluster mode, and the safety tick.
 //!
 //! A poll runs `read.lua` (copy lobby and presence into the mailbox,
-//! acknowledge, answer or park) and, when there is nothing to answer,
+//! acknowledge, answer or park; batched with other polls' reads by
+//! `reads`) and, when there is nothing to answer,
 //! parks in this node's `WakeTable` until a wake-up for its user, a
 //! broadcast, a supersede, its timeout or shutdown. A wake-up re-runs the
 //! read with the poll's generation, which also tells it whether a newer
@@ -25,15 +26,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::membership::millis;
-use super::scripts::{self, bytes, integer, text, Args};
+use super::reads::ReadRequest;
+use super::scripts::{self, bytes, integer, text};
 use super::wake::{ParkedPoll, Seen, Wake};
 use super::{keys, Cluster};
 use crate::config::PRESENCE_COALESCE_WINDOW;
 use crate::event::empty_poll_body;
 use crate::hub::HubResult;
 use crate::metrics::PollAnswer;
-
-script!(READ, "read");
 
 /// How often parked polls are re-checked against Redis.
 pub const SAFETY_TICK: Duration = Duration::from_secs(2);
@@ -129,7 +129,7 @@ impl Cluster {
         }
     }
 
-    /// One run of `read.lua`.
+    /// One poll's `read.lua` (batched with other polls' reads).
     async fn read(
         &self,
         sha: &Arc<str>,
@@ -138,14 +138,14 @@ impl Cluster {
         copy_presence: bool,
         generation: u64,
     ) -> HubResult<Read> {
-        let args = Args::new()
-            .arg(&**sha)
-            .arg(cursor)
-            .arg(millis(self.config().inactivity_timeout))
-            .arg(millis(park_for))
-            .arg(if copy_presence { "1" } else { "0" })
-            .arg(generation);
-        let answer = scripts::run(self.redis(), &READ, &[], args).await;
+        let request = ReadRequest {
+            sha: sha.clone(),
+            cursor,
+            park_ms: millis(park_for),
+            copy_presence,
+            generation,
+        };
+        let answer = self.read_batched(request).await;
         let answer = answer.inspect_err(|refusal| {
             if matches!(refusal, crate::hub::Refusal::CursorExpired { .. }) {
                 self.metrics().cursor_expired();

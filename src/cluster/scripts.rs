@@ -95,32 +95,68 @@ pub async fn run(
     keys: &[&str],
     args: Args,
 ) -> HubResult<Vec<Value>> {
+    run_once(connection, script, keys, &args, false).await
+}
+
+/// `run` for a script that may run twice (running it again after it
+/// applied changes nothing a client sees): when the connection turns out
+/// to have dropped (Redis restarted since the last command), it runs once
+/// more on the connection the manager makes again, so the first request
+/// after Redis comes back does not answer 503.
+pub async fn run_repeatable(
+    connection: &ConnectionManager,
+    script: &ClusterScript,
+    keys: &[&str],
+    args: Args,
+) -> HubResult<Vec<Value>> {
+    run_once(connection, script, keys, &args, true).await
+}
+
+async fn run_once(
+    connection: &ConnectionManager,
+    script: &ClusterScript,
+    keys: &[&str],
+    args: &Args,
+    repeatable: bool,
+) -> HubResult<Vec<Value>> {
     let mut invocation = script.script.prepare_invoke();
     for key in keys {
         invocation.key(*key);
     }
-    for arg in args.0 {
-        invocation.arg(arg);
+    for arg in &args.0 {
+        invocation.arg(arg.as_slice());
     }
-    let mut connection = connection.clone();
-    let answer = tokio::time::timeout(
-        COMMAND_DEADLINE,
-        invocation.invoke_async::<Value>(&mut connection),
-    )
-    .await;
-    let value = match answer {
-        Ok(Ok(value)) => value,
-        Ok(Err(error)) => {
-            tracing::warn!(script = script.name, %error, "redis script failed");
-            return Err(Refusal::StoreUnavailable);
-        }
-        Err(_) => {
-            tracing::warn!(script = script.name, "redis script timed out");
-            return Err(Refusal::StoreUnavailable);
+    let started = tokio::time::Instant::now();
+    let mut retried = !repeatable;
+    let value = loop {
+        let mut connection = connection.clone();
+        let left = COMMAND_DEADLINE.saturating_sub(started.elapsed());
+        let answer =
+            tokio::time::timeout(left, invocation.invoke_async::<Value>(&mut connection)).await;
+        match answer {
+            Ok(Ok(value)) => break value,
+            Ok(Err(error)) if !retried && error.is_connection_dropped() => {
+                tracing::info!(script = script.name, %error, "redis connection dropped; running again");
+                retried = true;
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(script = script.name, %error, "redis script failed");
+                return Err(Refusal::StoreUnavailable);
+            }
+            Err(_) => {
+                tracing::warn!(script = script.name, "redis script timed out");
+                return Err(Refusal::StoreUnavailable);
+            }
         }
     };
+    answer_of(script.name, value)
+}
+
+/// One answer of script `name` (a table: `'ok'` then the answer, or a
+/// refusal): the answer after the `'ok'`, or the refusal.
+pub fn answer_of(name: &str, value: Value) -> HubResult<Vec<Value>> {
     let Value::Array(mut items) = value else {
-        tracing::error!(script = script.name, ?value, "script answered no table");
+        tracing::error!(script = name, ?value, "script answered no table");
         return Err(Refusal::StoreUnavailable);
     };
     let tag = items.first().map(text).unwrap_or_default();
@@ -128,44 +164,60 @@ pub async fn run(
         items.remove(0);
         return Ok(items);
     }
-    Err(refusal(script.name, &tag, &items[1..]))
+    Err(refusal(name, &tag, &items[1..]))
 }
 
 /// Runs one plain command with the same deadline and error mapping as
-/// `run` (for reads that need no script).
+/// `run` (for reads that need no script: run again once on a dropped
+/// connection, as `run_repeatable`).
 pub async fn command<T: FromRedisValue>(
     connection: &ConnectionManager,
     command: &redis::Cmd,
 ) -> HubResult<T> {
-    let mut connection = connection.clone();
-    match tokio::time::timeout(COMMAND_DEADLINE, command.query_async(&mut connection)).await {
+    let started = tokio::time::Instant::now();
+    let mut retried = false;
+    loop {
+        let mut connection = connection.clone();
+        let left = COMMAND_DEADLINE.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, command.query_async(&mut connection)).await {
+            Ok(Err(error)) if !retried && error.is_connection_dropped() => retried = true,
+            answer => return settle(answer, "redis command"),
+        }
+    }
+}
+
+/// A read's outcome, with `run`'s error mapping.
+fn settle<T>(
+    answer: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    what: &str,
+) -> HubResult<T> {
+    match answer {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => {
-            tracing::warn!(%error, "redis command failed");
+            tracing::warn!(%error, "{what} failed");
             Err(Refusal::StoreUnavailable)
         }
         Err(_) => {
-            tracing::warn!("redis command timed out");
+            tracing::warn!("{what} timed out");
             Err(Refusal::StoreUnavailable)
         }
     }
 }
 
-/// Runs a pipeline with the same deadline and error mapping as `run`.
+/// Runs a pipeline with the same deadline and error mapping as `run`
+/// (read-only pipelines: run again once on a dropped connection).
 pub async fn pipeline<T: FromRedisValue>(
     connection: &ConnectionManager,
     pipeline: &redis::Pipeline,
 ) -> HubResult<T> {
-    let mut connection = connection.clone();
-    match tokio::time::timeout(COMMAND_DEADLINE, pipeline.query_async(&mut connection)).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "redis pipeline failed");
-            Err(Refusal::StoreUnavailable)
-        }
-        Err(_) => {
-            tracing::warn!("redis pipeline timed out");
-            Err(Refusal::StoreUnavailable)
+    let started = tokio::time::Instant::now();
+    let mut retried = false;
+    loop {
+        let mut connection = connection.clone();
+        let left = COMMAND_DEADLINE.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, pipeline.query_async(&mut connection)).await {
+            Ok(Err(error)) if !retried && error.is_connection_dropped() => retried = true,
+            answer => return settle(answer, "redis pipeline"),
         }
     }
 }

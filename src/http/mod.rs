@@ -21,11 +21,15 @@
 //! set that size, and every connection parked on a poll would pay for it;
 //! boxed, they cost an allocation per request instead.
 //!
-//! The path is looked up once per request, and what is kept of it for the
-//! rest of the request is the row's `&'static` path, never the `Uri`: that
-//! shares the bytes hyper read the request into, and a parked poll holding
-//! it would pin hyper's 8 KiB read buffer until it is answered. Paths not
-//! in the table are static files for GET and HEAD, 404 JSON otherwise.
+//! The request's head (method, `Uri`, headers) is read when hyper hands
+//! the request over and dropped before anything waits: `handle` keeps only
+//! the route's row, the parameters and the CORS origin. The head's bytes
+//! share the buffer hyper read the request into, and a parked poll holding
+//! any of them would pin hyper's 8 KiB read buffer until it is answered
+//! (hyper, reading on to notice a closed connection, then allocates a
+//! second one). Paths not in the table are static files for GET and HEAD
+//! (which keep their head, boxed, for their brief life), 404 JSON
+//! otherwise.
 
 pub mod client_addr;
 pub mod cors;
@@ -33,16 +37,17 @@ pub mod request;
 pub mod response;
 pub mod static_files;
 
-use std::borrow::Cow;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::Instant;
 
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, X_CONTENT_TYPE_OPTIONS};
+use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::access_log::{self, Caller};
@@ -51,7 +56,7 @@ use crate::api::health::Readiness;
 use crate::auth::join_token::JoinTokens;
 use crate::engine::Engine;
 use crate::error::{ApiError, ApiResult};
-use request::Params;
+use request::{Params, Unread};
 use response::Body;
 
 /// What every request handler needs; shared by every connection and
@@ -154,49 +159,141 @@ impl Route {
 /// The service function: never fails at the HTTP level, since every error
 /// is an answer the client should read. `peer` is the connection's
 /// remote address (see `client_addr` for the client's).
-pub async fn handle(
+///
+/// Not an `async fn`: it reads what the request needs of its head (the
+/// route, the CORS origin, the parameters, /join's client address) at once
+/// and drops the head before returning the future that answers. So a
+/// parked poll neither pins hyper's read buffer with the head's bytes nor
+/// keeps room for the head in its future (an `async fn` stores its
+/// arguments for its whole life, at every level they are passed down).
+pub fn handle(
     app: Arc<App>,
     peer: IpAddr,
     request: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send {
     let logging = access_log::enabled();
     let started = logging.then(Instant::now);
-    let method = request.method().clone();
-    let index = Route::find_index(request.uri().path());
+    let (head, body) = request.into_parts();
+    let index = Route::find_index(head.uri.path());
     let found = index.map(|index| &ROUTES[index]);
-    // For the error log (see the module doc for why not the `Uri`). An API
-    // path is its static name, with no allocation on the hot paths;
-    // anything else is copied.
-    let path: Cow<'static, str> = match found {
-        Some(found) => Cow::Borrowed(found.path),
-        None => Cow::Owned(request.uri().path().to_owned()),
-    };
-    let admitted = app.cors.admit(request.headers());
-    let preflight = match (&admitted, found) {
+    let admitted = app.cors.admit(&head.headers);
+    let head_method = head.method.clone();
+    let work = match (&admitted, found) {
         (Some(origin), Some(found))
-            if method == Method::OPTIONS && cors::is_preflight(request.headers()) =>
+            if head.method == Method::OPTIONS && cors::is_preflight(&head.headers) =>
         {
-            Some(cors::preflight(origin.clone(), &found.allow()))
+            Work::Done(Ok(cors::preflight(origin.clone(), &found.allow())))
         }
-        _ => None,
+        _ => Work::start(&app, found, peer, head, body),
     };
+    let call = Call {
+        started,
+        method: head_method,
+        index,
+        admitted,
+    };
+    answer(app, call, work)
+}
+
+/// What `handle` keeps of a request's head while it is answered.
+struct Call {
+    /// When the request arrived, if the access log is on.
+    started: Option<Instant>,
+    method: Method,
+    /// Its path's row in `ROUTES`, if it has one.
+    index: Option<usize>,
+    /// The `Access-Control-Allow-Origin` of an admitted origin.
+    admitted: Option<HeaderValue>,
+}
+
+/// What answering a request takes, once its head is read.
+enum Work {
+    /// Answered from the head alone: a preflight, or a refusal.
+    Done(ApiResult<Response<Body>>),
+    /// /poll, served inline (see the module doc).
+    Poll(Unread),
+    /// Any other endpoint: boxed into `serve_brief` when it runs.
+    Brief(Endpoint, Unread, IpAddr),
+    /// A static file, which needs the whole head; boxed for the reason
+    /// `serve_brief` is.
+    File(Pin<Box<dyn Future<Output = ApiResult<Response<Body>>> + Send>>),
+}
+
+impl Work {
+    /// Reads what `found`'s endpoint needs of the head; `found` is the
+    /// path's row in `ROUTES`, if it has one.
+    fn start(
+        app: &App,
+        found: Option<&'static Route>,
+        peer: IpAddr,
+        head: Parts,
+        body: Incoming,
+    ) -> Work {
+        let Some(found) = found else {
+            let method = &head.method;
+            if method == Method::GET || method == Method::HEAD {
+                let public_dir = app.public_dir.clone();
+                return Work::File(Box::pin(async move {
+                    let path = head.uri.path();
+                    static_files::serve(&public_dir, &head.method, path, &head.headers).await
+                }));
+            }
+            let path = head.uri.path();
+            return Work::Done(Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no endpoint {method} {path}"),
+            )));
+        };
+        if !found.methods.contains(&head.method) {
+            return Work::Done(Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} accepts {}", found.path, found.allow()),
+            )));
+        }
+        // The health checks take no parameters.
+        if let Endpoint::Healthz | Endpoint::Readyz = found.endpoint {
+            return Work::Brief(found.endpoint, Unread::default(), peer);
+        }
+        let unread = match Params::from_head(&head, body) {
+            Ok(unread) => unread,
+            Err(error) => return Work::Done(Err(error)),
+        };
+        match found.endpoint {
+            Endpoint::Poll => Work::Poll(unread),
+            // Only /join limits by address, so only it reads the headers.
+            Endpoint::Join => {
+                let client = client_addr::client_ip(peer, &head.headers, &app.trusted_proxies);
+                Work::Brief(Endpoint::Join, unread, client)
+            }
+            endpoint => Work::Brief(endpoint, unread, peer),
+        }
+    }
+}
+
+/// Answers a request whose head `handle` has read: runs its `work` (with a
+/// caller slot when the access log is on), then adds the headers every
+/// answer carries, counts it, and logs it.
+async fn answer(app: Arc<App>, call: Call, work: Work) -> Result<Response<Body>, Infallible> {
+    let found = call.index.map(|index| &ROUTES[index]);
     let mut caller = Caller::default();
-    let answer = match preflight {
-        Some(preflight) => Ok(preflight),
-        None if logging => {
-            let mut scoped = pin!(access_log::with_caller(route(&app, found, peer, request)));
+    let answer = match call.started {
+        Some(_) => {
+            let mut scoped = pin!(access_log::with_caller(work.run(&app)));
             let answer = scoped.as_mut().await;
             caller = access_log::caller_of(scoped);
             answer
         }
-        None => route(&app, found, peer, request).await,
+        None => work.run(&app).await,
     };
     let mut refused = None;
     let mut response = match answer {
         Ok(response) => response,
         Err(error) => {
             refused = Some(error.code);
-            tracing::debug!(%method, %path, %error, "request failed");
+            let endpoint = found.map_or(OTHER_ENDPOINT, |route| route.path);
+            tracing::debug!(method = %call.method, %endpoint, %error, "request failed");
             let allowed = found.filter(|_| error.status == StatusCode::METHOD_NOT_ALLOWED);
             let mut response = error.into_response();
             if let Some(allowed) = allowed {
@@ -212,15 +309,15 @@ pub async fn handle(
     response
         .headers_mut()
         .insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    if let Some(origin) = admitted {
+    if let Some(origin) = call.admitted {
         cors::admit_answer(&mut response, origin);
     }
-    let endpoint = index.unwrap_or(ROUTES.len());
+    let endpoint = call.index.unwrap_or(ROUTES.len());
     let metrics = app.engine.metrics();
     metrics.request(endpoint, response.status().as_u16());
-    if let Some(started) = started {
+    if let Some(started) = call.started {
         access_log::Line {
-            method: &method,
+            method: &call.method,
             endpoint: found.map_or(OTHER_ENDPOINT, |route| route.path),
             status: response.status().as_u16(),
             duration: started.elapsed(),
@@ -242,77 +339,50 @@ pub fn endpoint_labels() -> Vec<&'static str> {
 /// What metrics and the access log call a path not in `ROUTES`.
 const OTHER_ENDPOINT: &str = "other";
 
-/// Serves `request`; `found` is its path's row in `ROUTES`, if it has one.
-async fn route(
-    app: &App,
-    found: Option<&'static Route>,
-    peer: IpAddr,
-    request: Request<Incoming>,
-) -> ApiResult<Response<Body>> {
-    let Some(found) = found else {
-        let method = request.method();
-        let path = request.uri().path();
-        if method == Method::GET || method == Method::HEAD {
-            let file = static_files::serve(&app.public_dir, method, path, request.headers());
-            // Boxed for the reason `serve_brief` is.
-            return Box::pin(file).await;
+impl Work {
+    /// Serves the request.
+    async fn run(self, app: &App) -> ApiResult<Response<Body>> {
+        match self {
+            Work::Done(answer) => answer,
+            Work::Poll(unread) => api::session::poll(&app.engine, unread.read().await?).await,
+            Work::Brief(endpoint, unread, client) => {
+                Box::pin(serve_brief(app, endpoint, client, unread)).await
+            }
+            Work::File(file) => file.await,
         }
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no endpoint {method} {path}"),
-        ));
-    };
-    if !found.methods.contains(request.method()) {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{} accepts {}", found.path, found.allow()),
-        ));
-    }
-    match found.endpoint {
-        Endpoint::Poll => api::session::poll(&app.engine, Params::read(request).await?).await,
-        endpoint => Box::pin(serve_brief(app, endpoint, peer, request)).await,
     }
 }
 
-/// Serves an endpoint. `route` sends it every endpoint but /poll (the one
-/// that waits long) and boxes its future (see the module doc), so that
+/// Serves an endpoint. `Work::run` sends it every endpoint but /poll (the
+/// one that waits long) and boxes its future (see the module doc), so that
 /// /join's (the largest: password hashing or a JWT check, and in cluster
-/// mode Redis scripts) never sizes a parked poll's connection.
+/// mode Redis scripts) never sizes a parked poll's connection. `client` is
+/// the client's address for /join, the peer's for the rest.
 async fn serve_brief(
     app: &App,
     endpoint: Endpoint,
-    peer: IpAddr,
-    request: Request<Incoming>,
+    client: IpAddr,
+    unread: Unread,
 ) -> ApiResult<Response<Body>> {
     let engine = &app.engine;
+    let params = unread.read().await?;
     match endpoint {
         Endpoint::Healthz => api::health::healthz(engine).await,
         Endpoint::Readyz => api::health::readyz(engine, &app.readiness).await,
-        Endpoint::Poll => api::session::poll(engine, Params::read(request).await?).await,
+        Endpoint::Poll => api::session::poll(engine, params).await,
         Endpoint::Join => {
-            // Only /join limits by address, so only it reads the headers.
-            let client = client_addr::client_ip(peer, request.headers(), &app.trusted_proxies);
-            let params = Params::read(request).await?;
             api::session::join(engine, app.join_tokens.as_deref(), client, params).await
         }
-        Endpoint::Sync => api::session::sync(engine, Params::read(request).await?).await,
-        Endpoint::Leave => api::session::leave(engine, Params::read(request).await?).await,
-        Endpoint::Status => api::session::set_status(engine, Params::read(request).await?).await,
-        Endpoint::Users => api::session::users(engine, Params::read(request).await?).await,
-        Endpoint::Send => api::conversations::send(engine, Params::read(request).await?).await,
-        Endpoint::History => {
-            api::conversations::history(engine, Params::read(request).await?).await
-        }
-        Endpoint::Dialog => api::conversations::dialog(engine, Params::read(request).await?).await,
-        Endpoint::RoomsJoin => {
-            api::conversations::join_room(engine, Params::read(request).await?).await
-        }
-        Endpoint::RoomsLeave => {
-            api::conversations::leave_room(engine, Params::read(request).await?).await
-        }
-        Endpoint::Publish => api::publish::publish(app, Params::read(request).await?).await,
+        Endpoint::Sync => api::session::sync(engine, params).await,
+        Endpoint::Leave => api::session::leave(engine, params).await,
+        Endpoint::Status => api::session::set_status(engine, params).await,
+        Endpoint::Users => api::session::users(engine, params).await,
+        Endpoint::Send => api::conversations::send(engine, params).await,
+        Endpoint::History => api::conversations::history(engine, params).await,
+        Endpoint::Dialog => api::conversations::dialog(engine, params).await,
+        Endpoint::RoomsJoin => api::conversations::join_room(engine, params).await,
+        Endpoint::RoomsLeave => api::conversations::leave_room(engine, params).await,
+        Endpoint::Publish => api::publish::publish(app, params).await,
     }
 }
 
@@ -340,10 +410,10 @@ mod tests {
     #[test]
     fn the_service_future_is_sized_by_the_poll() {
         // hyper keeps room for this future once per connection, so every
-        // parked poll pays for it (see the module doc): 2 344 bytes in a
-        // release build, 3 040 with every endpoint inline. The bound is the
-        // top of the allocator's size class it falls in (jemalloc's 2 560);
-        // past it, every connection pays for the next one.
+        // parked poll pays for it (see the module doc). The bound is the
+        // top of a jemalloc size class (2 560) that the future, with the
+        // head read before it starts, stays well inside in debug and
+        // release builds; past it, every connection pays for the next one.
         let size = future_size(handle);
         assert!(size <= 2560, "the service's future grew to {size} bytes");
     }

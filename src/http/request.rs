@@ -9,9 +9,10 @@
 //! cut off after `BODY_READ_TIMEOUT`.
 
 use http_body_util::{BodyExt, Limited};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
-use hyper::{Request, StatusCode};
+use hyper::http::request::Parts;
+use hyper::StatusCode;
 use serde_json::Value;
 
 use crate::config::{BODY_READ_TIMEOUT, MAX_BODY_BYTES};
@@ -31,21 +32,38 @@ pub struct Params {
     pub json_body: bool,
 }
 
+/// A request's parameters as far as its head gives them (query, bearer
+/// token), and its body still to read, if it has one. What a request keeps
+/// once its head is dropped: the head shares hyper's read buffer, which a
+/// parked poll must not pin (see `http`'s module doc).
+#[derive(Debug, Default)]
+pub struct Unread {
+    params: Params,
+    body: Option<(Incoming, MediaType)>,
+}
+
+/// What a body's `Content-Type` says it is.
+#[derive(Debug, Clone, Copy)]
+enum MediaType {
+    Json,
+    Form,
+    Other,
+}
+
 impl Params {
-    /// Reads query and body parameters from a request.
-    pub async fn read(request: Request<Incoming>) -> ApiResult<Params> {
-        let (parts, body) = request.into_parts();
+    /// Reads the query and bearer parameters from a request's head; the
+    /// body (`body`, when it is not empty) is read by `Unread::read`.
+    pub fn from_head(head: &Parts, body: Incoming) -> ApiResult<Unread> {
         let mut params = Params {
-            bearer: bearer_token(&parts.headers)?,
+            bearer: bearer_token(&head.headers)?,
             ..Params::default()
         };
-        if let Some(query) = parts.uri.query() {
+        if let Some(query) = head.uri.query() {
             for (key, value) in decode_form(query.as_bytes())? {
                 params.values.push((key, Value::String(value)));
             }
         }
-
-        let declared = parts
+        let declared = head
             .headers
             .get(CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok())
@@ -53,58 +71,86 @@ impl Params {
         if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
             return Err(body_too_large());
         }
-        let body = read_body(body).await?;
-        if body.is_empty() {
-            return Ok(params);
+        // A GET without a body (every poll but a form POST) reads nothing.
+        if body.is_end_stream() {
+            return Ok(Unread { params, body: None });
         }
-
-        let content_type = parts
+        let content_type = head
             .headers
             .get(CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
             .unwrap_or("");
-        let media_type = content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        match media_type.as_str() {
-            "application/json" => {
-                let object = match serde_json::from_slice::<Value>(&body) {
-                    Ok(Value::Object(object)) => object,
-                    Ok(_) => {
-                        return Err(ApiError::bad_request(
-                            "invalid_json",
-                            "the JSON body must be an object",
-                        ))
-                    }
-                    Err(error) => {
-                        return Err(ApiError::bad_request(
-                            "invalid_json",
-                            format!("the body is not valid JSON: {error}"),
-                        ))
-                    }
-                };
-                params.values.extend(object);
-                params.json_body = true;
-            }
-            "application/x-www-form-urlencoded" => {
-                for (key, value) in decode_form(&body)? {
-                    params.values.push((key, Value::String(value)));
+        let media_type = content_type.split(';').next().unwrap_or("").trim();
+        let media_type = if media_type.eq_ignore_ascii_case("application/json") {
+            MediaType::Json
+        } else if media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            MediaType::Form
+        } else {
+            MediaType::Other
+        };
+        Ok(Unread {
+            params,
+            body: Some((body, media_type)),
+        })
+    }
+}
+
+impl Unread {
+    /// The parameters, with the body's (if any) read into them.
+    pub async fn read(self) -> ApiResult<Params> {
+        match self.body {
+            None => Ok(self.params),
+            // Boxed: most requests have no body, and a parked poll's
+            // future would otherwise keep room for the read (a timer and
+            // the collected frames) for its whole wait.
+            Some((body, media_type)) => Box::pin(read_into(self.params, body, media_type)).await,
+        }
+    }
+}
+
+/// Adds the parameters of `body` to `params`.
+async fn read_into(mut params: Params, body: Incoming, media_type: MediaType) -> ApiResult<Params> {
+    let body = read_body(body).await?;
+    if body.is_empty() {
+        return Ok(params);
+    }
+    match media_type {
+        MediaType::Json => {
+            let object = match serde_json::from_slice::<Value>(&body) {
+                Ok(Value::Object(object)) => object,
+                Ok(_) => {
+                    return Err(ApiError::bad_request(
+                        "invalid_json",
+                        "the JSON body must be an object",
+                    ))
                 }
-            }
-            _ => {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
-                    "send application/json or application/x-www-form-urlencoded",
-                ))
+                Err(error) => {
+                    return Err(ApiError::bad_request(
+                        "invalid_json",
+                        format!("the body is not valid JSON: {error}"),
+                    ))
+                }
+            };
+            params.values.extend(object);
+            params.json_body = true;
+        }
+        MediaType::Form => {
+            for (key, value) in decode_form(&body)? {
+                params.values.push((key, Value::String(value)));
             }
         }
-        Ok(params)
+        MediaType::Other => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send application/json or application/x-www-form-urlencoded",
+            ))
+        }
     }
+    Ok(params)
+}
 
+impl Params {
     /// A string parameter, if present.
     pub fn optional_str(&self, name: &str) -> ApiResult<Option<&str>> {
         match self.value(name) {
@@ -150,19 +196,35 @@ impl Params {
         if let Some(bearer) = &self.bearer {
             return Ok(bearer);
         }
-        self.optional_str("token")?.ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing_token",
-                "send the token from /join as `Authorization: Bearer TOKEN` or a `token` parameter",
-            )
-        })
+        self.optional_str("token")?.ok_or_else(missing_token)
+    }
+
+    /// The client token as `token` finds it, taken out of the parameters
+    /// (no copy), which are dropped.
+    pub fn into_token(mut self) -> ApiResult<String> {
+        if let Some(bearer) = self.bearer.take() {
+            return Ok(bearer);
+        }
+        let at = self.values.iter().rposition(|(key, _)| key == "token");
+        match at.map(|at| self.values.swap_remove(at).1) {
+            Some(Value::String(token)) => Ok(token),
+            None | Some(Value::Null) => Err(missing_token()),
+            Some(_) => Err(ApiError::invalid_param("token", "a string")),
+        }
     }
 
     /// The bearer token only (for the admin endpoint).
     pub fn bearer(&self) -> Option<&str> {
         self.bearer.as_deref()
     }
+}
+
+fn missing_token() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "missing_token",
+        "send the token from /join as `Authorization: Bearer TOKEN` or a `token` parameter",
+    )
 }
 
 fn body_too_large() -> ApiError {

@@ -7,8 +7,8 @@
 //! locks are held, and nothing is taken while holding it. The per-user
 //! send buckets are split like the shards (by the sender's shard), so
 //! senders of different shards never share a lock; the others are on
-//! paths that already serialize (/join hashing, `lock_all`). A cluster
-//! node keeps its own `Rates` (`crate::cluster`): its limits are per node.
+//! paths that already serialize (/join hashing, `lock_all`). Cluster mode
+//! keeps these buckets in Redis instead (`crate::cluster::rates`).
 
 use std::net::IpAddr;
 use std::time::Duration;

@@ -38,14 +38,17 @@ function stripAnsi(s) {
 /**
  * Starts parlor and resolves once it prints `listening on http://ADDR`.
  * `listen` defaults to port 0; the reconnect test passes the old address to
- * come back on the same port.
+ * come back on the same port. `ephemeral: false` with `--redis URL` in
+ * `extraArgs` makes a cluster node.
  */
-async function startServer({ listen = '127.0.0.1:0', inactivity = '1500ms', pollTimeout = '5s', extraArgs = [] } = {}) {
+async function startServer({
+  listen = '127.0.0.1:0', inactivity = '1500ms', pollTimeout = '5s', ephemeral = true, extraArgs = [],
+} = {}) {
   if (!fs.existsSync(PARLOR_BIN)) {
     throw new Error(`parlor binary not found at ${PARLOR_BIN}: run \`cargo build\` or set PARLOR_BIN`);
   }
   const args = [
-    '--listen', listen, '--ephemeral', '--public-dir', path.join(REPO, 'public'),
+    '--listen', listen, ...(ephemeral ? ['--ephemeral'] : []), '--public-dir', path.join(REPO, 'public'),
     '--inactivity-timeout', inactivity, '--poll-timeout', pollTimeout, ...extraArgs,
   ];
   const child = spawn(PARLOR_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -91,6 +94,12 @@ async function startServer({ listen = '127.0.0.1:0', inactivity = '1500ms', poll
       const result = await exited;
       clearTimeout(timer);
       return result;
+    },
+    /** SIGKILL: the process dies at once, its parked polls with it. */
+    async kill() {
+      if (!live.has(child)) { return exited; }
+      child.kill('SIGKILL');
+      return exited;
     },
   };
 }

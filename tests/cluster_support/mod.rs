@@ -1,12 +1,9 @@
-//! Helpers of `tests/cluster_core.rs`: a hermetic redis-server (its own
-//! free port and temp directory, AOF with fsync always, killed on drop)
-//! and parlor nodes in this process, with a small HTTP client.
+//! Helpers of `tests/cluster_core.rs`: parlor nodes in this process on a
+//! hermetic redis-server (tests/common/redis.rs), with a small HTTP client.
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -17,97 +14,16 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// A redis-server of this test's own: a free port, a temp directory,
-/// AOF with fsync always; killed on drop.
-pub struct Redis {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
+/// The hermetic redis-server of every cluster test (tests/common/redis.rs).
+#[path = "../common/redis.rs"]
+mod redis_server;
+pub use redis_server::RedisServer as Redis;
 
-impl Redis {
-    pub fn start() -> Redis {
-        static STARTED: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "parlor-cluster-core-{}-{}",
-            std::process::id(),
-            STARTED.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut redis = Redis {
-            port: free_port(),
-            dir,
-            child: None,
-        };
-        redis.spawn();
-        redis
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (apt-get install redis-server)");
-        self.child = Some(child);
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again on the same port and directory (its AOF).
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-
-    /// Starts it again with nothing kept.
-    pub fn restart_empty(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-        std::fs::create_dir_all(&self.dir).unwrap();
-        self.spawn();
-    }
-
-    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        let client = redis::Client::open(self.url()).unwrap();
-        client.get_multiplexed_async_connection().await.unwrap()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// A connection of the test's own to `redis`, to look at or change what
+/// the nodes keep there.
+pub async fn connection(redis: &Redis) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(redis.url()).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
 }
 
 pub fn free_port() -> u16 {

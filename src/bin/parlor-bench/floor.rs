@@ -46,8 +46,8 @@ pub async fn floor_throughput(
     length: Duration,
 ) -> Res<FloorRate> {
     let mut conns = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        conns.push(Conn::open(&ctx.target).await?);
+    for n in 0..connections {
+        conns.push(Conn::open(ctx.node(n)).await?);
     }
     let requests = Rc::new(Cell::new(0u64));
     let cpu_start = ctx.probe.server();

@@ -27,8 +27,8 @@ pub async fn run(ctx: &Rc<Ctx>, args: &Args) -> Res<Report> {
     let members = ctx.members.borrow().clone();
     let (sender, receiver, others) = (&members[0], &members[1], &members[2..]);
 
-    let mut send_conn = Conn::open(&ctx.target).await?;
-    let recv_conn = Conn::open(&ctx.target).await?;
+    let mut send_conn = Conn::open(ctx.sender_node(0)).await?;
+    let recv_conn = Conn::open(ctx.receiver_node(0)).await?;
     let mut floor_conn = Conn::open(&ctx.target).await?;
     // The dialog: messages in it reach the receiver only, not the others.
     let dialog = dialog::open(&mut send_conn, sender, receiver).await?;
@@ -90,13 +90,13 @@ pub async fn run(ctx: &Rc<Ctx>, args: &Args) -> Res<Report> {
             Ok(Err(_)) => {
                 verify.errors += 1;
                 if inbox.conn.is_closed() {
-                    inbox.conn = Conn::open(&ctx.target).await?;
+                    inbox.conn = Conn::open(ctx.receiver_node(0)).await?;
                 }
             }
             Err(_) => {
                 // Timed out: the poll was dropped mid-flight; start afresh.
                 verify.errors += 1;
-                inbox.conn = Conn::open(&ctx.target).await?;
+                inbox.conn = Conn::open(ctx.receiver_node(0)).await?;
             }
         }
         if seq.is_multiple_of(64) {

@@ -35,8 +35,9 @@
 //! gets; `users` joins, keeps alive and leaves the bench users; `pollers`
 //! parks and drives their polls; `dialog` is a sender's messages to one
 //! receiver; `floor` the bare round trip everything is compared with;
-//! `verify` checks deliveries; `window` bounds the measured part;
-//! `report`, `probe` and `progress` measure and show; one file per scenario.
+//! `verify` checks deliveries; `window` bounds the measured part; `nodes`
+//! spreads connections over several `--url`s; `report`, `probe` and
+//! `progress` measure and show; one file per scenario.
 
 mod api;
 mod compare;
@@ -44,6 +45,7 @@ mod dialog;
 mod fanout;
 mod floor;
 mod latency;
+mod nodes;
 mod pollers;
 mod probe;
 mod progress;
@@ -80,9 +82,11 @@ struct Args {
     #[arg(value_enum)]
     scenario: Scenario,
 
-    /// Base URL of the server (http only).
+    /// Base URL of the server (http only). Repeat for a cluster's nodes:
+    /// connections are spread over them round robin, and a sender and its
+    /// receiver's poll use different nodes.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
+    url: Vec<String>,
 
     /// Pollers (latency, fanout, soak) or users in pairs (throughput: N/2 pairs).
     #[arg(long, default_value_t = 100)]
@@ -106,8 +110,9 @@ struct Args {
     password_prefix: String,
 
     /// PID of the server process, to read its CPU time and RSS from /proc.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// Repeat (or separate with commas) to add up several (nodes and redis-server).
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
 
     /// /join requests in flight at once (each costs an argon2 hash on the server,
     /// unless --join-secret is given).

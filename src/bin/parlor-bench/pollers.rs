@@ -124,6 +124,7 @@ async fn poller(
     ctx: Rc<Ctx>,
     shared: Rc<Pollers>,
     member: Rc<Member>,
+    node: usize,
     mut conn: Conn,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -204,7 +205,7 @@ async fn poller(
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
             if conn.is_closed() {
-                match Conn::open(&ctx.target).await {
+                match Conn::open(ctx.node(node)).await {
                     Ok(fresh) => conn = fresh,
                     Err(_) => continue,
                 }
@@ -236,12 +237,13 @@ pub async fn park(
     let (stop, stopped) = watch::channel(false);
     let mut set = JoinSet::new();
     for (n, member) in members.iter().enumerate() {
-        let conn = Conn::open(&ctx.target).await?;
+        let conn = Conn::open(ctx.node(n)).await?;
         member.kept.set(false);
         set.spawn_local(poller(
             ctx.clone(),
             shared.clone(),
             member.clone(),
+            n,
             conn,
             stopped.clone(),
         ));

@@ -33,13 +33,25 @@ fn proc_sample(pid: &str) -> Option<ProcSample> {
 
 /// Reads the server's figures (with `--server-pid`) and this process's.
 pub struct Probe {
-    /// The server's PID, as its /proc directory name.
-    pub server: Option<String>,
+    /// The server's PIDs, as their /proc directory names: one, or every
+    /// node of a cluster and its redis-server, added up.
+    pub server: Vec<String>,
 }
 
 impl Probe {
+    /// The servers' CPU time and RSS added up; None without `--server-pid`
+    /// or when one of them cannot be read.
     pub fn server(&self) -> Option<ProcSample> {
-        self.server.as_deref().and_then(proc_sample)
+        let mut samples = self.server.iter().map(|pid| proc_sample(pid));
+        let first = samples.next()??;
+        samples.try_fold(first, |sum, sample| {
+            let sample = sample?;
+            Some(ProcSample {
+                at: sample.at,
+                cpu_seconds: sum.cpu_seconds + sample.cpu_seconds,
+                rss_kib: sum.rss_kib + sample.rss_kib,
+            })
+        })
     }
 
     pub fn me(&self) -> Option<ProcSample> {

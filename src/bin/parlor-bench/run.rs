@@ -10,6 +10,7 @@ use parlor::client::Target;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use crate::nodes::resolve_all;
 use crate::probe::{cpu_delta, Probe};
 use crate::progress::Progress;
 use crate::report::{round, Report};
@@ -20,7 +21,10 @@ use crate::{fanout, latency, soak, throughput, Args, Res, Scenario};
 /// Shared state of a run, created by `run` and shared (`Rc`) by every task
 /// of the run.
 pub struct Ctx {
+    /// The first `--url`: control requests (dialogs, leaves) go there.
     pub target: Target,
+    /// Every `--url` (see `nodes`).
+    pub targets: Vec<Target>,
     /// The run id: in every bench user's name and message id.
     pub run: String,
     pub progress: Progress,
@@ -37,24 +41,25 @@ pub struct Ctx {
 /// Runs the scenario `args` name, then leaves (unless `--no-leave`) and adds
 /// what every report has: the run id, the checks, the bench's own cost.
 pub async fn run(args: &Args) -> Res<Report> {
-    let target = resolve(&args.url).await?;
+    let targets = resolve_all(&args.url).await?;
     let mut id = [0u8; 4];
     getrandom::getrandom(&mut id)?;
     let run: String = id.iter().map(|b| format!("{b:02x}")).collect();
     let ctx = Rc::new(Ctx {
-        target,
+        target: targets[0].clone(),
+        targets,
         run,
         progress: Progress::new(),
         probe: Probe {
-            server: args.server_pid.map(|pid| pid.to_string()),
+            server: args.server_pid.iter().map(u32::to_string).collect(),
         },
         members: RefCell::new(Vec::new()),
         poll_timeout: Cell::new(Duration::from_secs(25)),
         inactivity_timeout: Cell::new(Duration::from_secs(30)),
         verify: RefCell::new(Verify::default()),
     });
-    if args.server_pid.is_some() && ctx.probe.server().is_none() {
-        return Err(format!("cannot read /proc/{}/stat", args.server_pid.unwrap_or(0)).into());
+    if !args.server_pid.is_empty() && ctx.probe.server().is_none() {
+        return Err(format!("cannot read /proc/PID/stat of {:?}", args.server_pid).into());
     }
     let (stop_keep_alive, keep_alive_stopped) = watch::channel(false);
     let keeper = tokio::task::spawn_local(keep_alive(
@@ -86,7 +91,8 @@ pub async fn run(args: &Args) -> Res<Report> {
     report.verify.add(&ctx.verify.borrow());
     if let Value::Object(map) = &mut report.json {
         map.insert("run_id".into(), json!(ctx.run));
-        map.insert("url".into(), json!(args.url));
+        map.insert("url".into(), json!(args.url.first()));
+        map.insert("urls".into(), json!(args.url));
         map.insert("verify".into(), report.verify.json());
         map.insert("bench_cpu_s".into(), json!(bench_cpu.map(round)));
         map.insert(
@@ -117,7 +123,7 @@ pub async fn run(args: &Args) -> Res<Report> {
             format!(
                 "{} against {} (run {}, {} clients, {:?})",
                 args.scenario.name(),
-                args.url,
+                args.url.join(" "),
                 ctx.run,
                 args.clients,
                 args.duration
@@ -129,7 +135,7 @@ pub async fn run(args: &Args) -> Res<Report> {
 
 /// The server at an `http://host[:port][/...]` URL (port 80 by default);
 /// the host name is looked up once, here.
-async fn resolve(url: &str) -> Res<Target> {
+pub async fn resolve(url: &str) -> Res<Target> {
     let rest = url
         .strip_prefix("http://")
         .ok_or("--url must start with http:// (https is not supported)")?;

@@ -39,8 +39,8 @@ pub async fn run(ctx: &Rc<Ctx>, args: &Args) -> Res<Report> {
             sender,
             receiver,
             dialog,
-            Conn::open(&ctx.target).await?,
-            Conn::open(&ctx.target).await?,
+            Conn::open(ctx.sender_node(pair)).await?,
+            Conn::open(ctx.receiver_node(pair)).await?,
         ));
         if pair % 16 == 0 {
             ctx.progress.show(&format!("dialogs: {pair}/{pairs}"));
@@ -107,7 +107,7 @@ pub async fn run(ctx: &Rc<Ctx>, args: &Args) -> Res<Report> {
                         }
                     }
                     Ok(Err(error)) => verify.error(error),
-                    Err(_) => match Conn::open(&ctx.target).await {
+                    Err(_) => match Conn::open(ctx.receiver_node(pair)).await {
                         Ok(fresh) => inbox.conn = fresh,
                         Err(_) => break,
                     },

@@ -35,10 +35,11 @@ where
     let job = Rc::new(job);
     let next = Rc::new(Cell::new(0usize));
     let mut set = JoinSet::new();
-    for _ in 0..workers.clamp(1, count.max(1)) {
+    for worker in 0..workers.clamp(1, count.max(1)) {
         let (ctx, job, next) = (ctx.clone(), job.clone(), next.clone());
         set.spawn_local(async move {
-            let mut conn = Conn::open(&ctx.target).await?;
+            let target = ctx.node(worker);
+            let mut conn = Conn::open(target).await?;
             loop {
                 let index = next.get();
                 if index >= count {
@@ -46,7 +47,7 @@ where
                 }
                 next.set(index + 1);
                 if conn.is_closed() {
-                    conn = Conn::open(&ctx.target).await?;
+                    conn = Conn::open(target).await?;
                 }
                 (*job)(&mut conn, index).await?;
             }
@@ -243,6 +244,9 @@ pub async fn leave_all(ctx: &Rc<Ctx>, args: &Args) -> Res<()> {
     run_workers(ctx, args.join_concurrency.max(8), count, job).await
 }
 
+/// Failed reads of one user's catch-up before setup gives up.
+const CATCH_UP_RETRIES: u32 = 5;
+
 /// Joins `users` users and reads what waits for them (the presence of those
 /// who joined later) on control connections, recording the server's RSS
 /// before and after: the RSS growth after that, once polls are parked, is
@@ -257,9 +261,20 @@ pub async fn setup_users(ctx: &Rc<Ctx>, args: &Args, users: usize, pollers: usiz
     let counter = done.clone();
     let job = async move |conn: &mut Conn, n: usize| -> Res<()> {
         let member = &members[n];
+        let mut failures = 0;
         loop {
             let before = member.cursor.get();
-            touch(conn, member).await?;
+            if let Err(error) = touch(conn, member).await {
+                // A server busy with the join storm may shed a request
+                // (a cluster node answers 503 when Redis is slow to
+                // answer): setup waits and tries again, a few times.
+                failures += 1;
+                if failures > CATCH_UP_RETRIES || conn.is_closed() {
+                    return Err(error);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
             if member.cursor.get() == before {
                 counter.set(counter.get() + 1);
                 return Ok(());

@@ -48,25 +48,45 @@ local function publish_supersede(client, gen)
   redis.call('PUBLISH', WAKE_CHANNEL, 's ' .. client .. ' ' .. int(gen))
 end
 
--- Numbers `body` (an event's JSON object without "seq", starting with
--- '{"type":') into the user's mailbox, which must exist, dropping the
--- oldest events while the mailbox is over MAILBOX_CAPACITY events or
--- MAILBOX_MAX_BYTES bytes (its start moves up: older cursors get 410).
--- Publishes nothing. Returns the event's seq.
-local function push_event(user, body)
+-- Numbers `bodies` (events' JSON objects without "seq", each starting
+-- with '{"type":') into the user's mailbox, which must exist, in one
+-- RPUSH, dropping the oldest events while the mailbox is over
+-- MAILBOX_CAPACITY events or MAILBOX_MAX_BYTES bytes (its start moves up:
+-- older cursors get 410). Publishes nothing. Returns the last event's seq
+-- (the head).
+local function push_events(user, bodies)
   local meta = k_mmeta(user)
   local mbox = k_mbox(user)
-  local seq = redis.call('HINCRBY', meta, 'head', 1)
-  local event = '{"seq":' .. int(seq) .. ',' .. string.sub(body, 2)
-  local length = redis.call('RPUSH', mbox, event)
-  local bytes = redis.call('HINCRBY', meta, 'bytes', #event)
+  local count = #bodies
+  if count == 0 then
+    return tonumber(redis.call('HGET', meta, 'head'))
+  end
+  local seq = redis.call('HINCRBY', meta, 'head', count)
+  local events, size = {}, 0
+  for index, body in ipairs(bodies) do
+    local event = '{"seq":' .. int(seq - count + index) .. ',' .. string.sub(body, 2)
+    events[index] = event
+    size = size + #event
+  end
+  local length = redis.call('RPUSH', mbox, unpack(events))
+  local bytes = redis.call('HINCRBY', meta, 'bytes', size)
+  local dropped_count = 0
   while length > MAILBOX_CAPACITY or (bytes > MAILBOX_MAX_BYTES and length > 1) do
     local dropped = redis.call('LPOP', mbox)
-    bytes = redis.call('HINCRBY', meta, 'bytes', -#dropped)
-    redis.call('HINCRBY', meta, 'start', 1)
+    bytes = bytes - #dropped
+    dropped_count = dropped_count + 1
     length = length - 1
   end
+  if dropped_count > 0 then
+    redis.call('HSET', meta, 'bytes', bytes)
+    redis.call('HINCRBY', meta, 'start', dropped_count)
+  end
   return seq
+end
+
+-- One event: push_events with one body.
+local function push_event(user, body)
+  return push_events(user, { body })
 end
 
 -- Appends an event to an online user's mailbox and wakes the user's
@@ -99,11 +119,13 @@ local function copy_lobby(user, limit)
   end
   local lobby = redis.call('ZRANGEBYSCORE', K_LOBBYLOG, '(' .. int(lseen), '+inf',
     'WITHSCORES', 'LIMIT', 0, limit)
-  for index = 1, #lobby, 2 do
-    head = push_event(user, lobby[index])
-    lseen = tonumber(lobby[index + 1])
-  end
   if #lobby > 0 then
+    local bodies = {}
+    for index = 1, #lobby, 2 do
+      bodies[#bodies + 1] = lobby[index]
+    end
+    head = push_events(user, bodies)
+    lseen = tonumber(lobby[#lobby])
     redis.call('HSET', meta, 'lseen', int(lseen))
   end
   return head, lseen
@@ -172,20 +194,42 @@ local function take_rate(key, interval, burst)
   return false
 end
 
+-- Like take_rate, but takes nothing: the milliseconds until the bucket at
+-- `key` has a token, or false if it has one now.
+local function rate_wait(key, interval, burst)
+  if interval <= 0 then
+    return false
+  end
+  local now = redis.call('TIME')
+  local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  local full_at = tonumber(redis.call('GET', key) or 0)
+  if full_at < now_us then
+    full_at = now_us
+  end
+  local over = full_at + interval - now_us - burst * interval
+  if over > 0 then
+    return math.ceil(over / 1000)
+  end
+  return false
+end
+
 -- JSON string literal of a plain name (names are [A-Za-z0-9_.-] and
 -- dialog ids add ':'; nothing to escape).
 local function quote(name)
   return '"' .. name .. '"'
 end
 
--- A token's client process: user, client id, poll generation and the
--- epoch of the mailbox it was opened on; nil when the token is unknown.
+-- A token's client process: user, client id, poll generation, the epoch
+-- of the mailbox it was opened on and the generation of its poll that
+-- last answered `park` (false if none may be parked); nil when the token
+-- is unknown.
 local function client_of(sha)
-  local found = redis.call('HMGET', k_tok(sha), 'user', 'client', 'gen', 'epoch')
+  local found = redis.call('HMGET', k_tok(sha), 'user', 'client', 'gen', 'epoch', 'parked')
   if not found[1] then
     return nil
   end
-  return { user = found[1], client = found[2], gen = tonumber(found[3]), epoch = found[4] }
+  return { user = found[1], client = found[2], gen = tonumber(found[3]), epoch = found[4],
+    parked = found[5] }
 end
 
 -- A new mailbox epoch: Redis's clock in microseconds, so that a mailbox

@@ -20,11 +20,18 @@ end
 -- Offline entries older than every mailbox's copy are no longer needed.
 local oldest = redis.call('ZRANGE', K_MSEEN, 0, 0, 'WITHSCORES')
 local seen_by_all = oldest[2] and tonumber(oldest[2]) or tonumber(redis.call('GET', K_PVER) or '0')
-local old = redis.call('ZRANGEBYSCORE', K_POFFLINE, '-inf', seen_by_all, 'LIMIT', 0, limit)
-for _, user in ipairs(old) do
+-- pswept records the newest version pruned: a node's online list older
+-- than that cannot be brought up to date from pchanges (online.lua).
+local old = redis.call('ZRANGEBYSCORE', K_POFFLINE, '-inf', seen_by_all, 'WITHSCORES',
+  'LIMIT', 0, limit)
+for index = 1, #old, 2 do
+  local user = old[index]
   redis.call('HDEL', K_PBOARD, user)
   redis.call('ZREM', K_PCHANGES, user)
   redis.call('ZREM', K_POFFLINE, user)
+end
+if #old > 0 and tonumber(old[#old]) > tonumber(redis.call('GET', K_PSWEPT) or '0') then
+  redis.call('SET', K_PSWEPT, old[#old])
 end
 local answer = { 'ok', #expired, redis.call('HLEN', K_ONLINE), redis.call('ZCARD', K_DEADLINES) }
 for _, user in ipairs(offline) do
