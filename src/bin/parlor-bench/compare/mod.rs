@@ -5,17 +5,17 @@
 //! One run against one server, in this order:
 //! - floors: kept-alive round trips to each `--floor` target in alternating
 //!   rounds (nginx's `return 200`, a bare hyper service, the server's own);
-//! - throughput: closed-loop pairs, first with every sender also polling
-//!   (a chat tab receives its own message; Nchan publishers long-poll their
-//!   own channel), then with senders that do not poll (parlor-bench's
-//!   shape);
 //! - memory: RSS growth while `--subscribers` users join (parlor) and park
 //!   a poll each on a connection of their own, per subscriber, with and
 //!   without the user;
 //! - wake latency, with the crowd parked: a pair whose sender polls, then
 //!   one whose sender does not, each sample paired with a round trip to the
 //!   first floor target;
-//! - fan-out: one message to the crowd, `--fanout-rounds` times.
+//! - fan-out: one message to the crowd, `--fanout-rounds` times;
+//! - throughput (the crowd's polls stopped, its users left online): closed-
+//!   loop pairs, first with every sender also polling (a chat tab receives
+//!   its own message; Nchan publishers long-poll their own channel), then
+//!   with senders that do not poll (parlor-bench's shape).
 //!
 //! Every subscriber checks that every message of its stream arrives once
 //! and in order. The output is one JSON object on stdout; progress goes to
@@ -201,7 +201,7 @@ async fn run(args: &Args) -> Res<serde_json::Value> {
         password_prefix: args.password_prefix.clone(),
         join_concurrency: args.join_concurrency,
         probe: Probe {
-            server: args.server_pid.map(|pid| pid.to_string()),
+            server: args.server_pid.iter().map(|pid| pid.to_string()).collect(),
         },
         warmup: args.warmup,
         throughput_duration: args.throughput_duration,
@@ -213,10 +213,6 @@ async fn run(args: &Args) -> Res<serde_json::Value> {
     eprintln!("compare: floors");
     let floors = floors::measure(&floor_targets, args.floor_rounds, args.floor_samples).await?;
     eprintln!("compare: {floors}");
-    let throughput_chat =
-        scenarios::throughput(&ctx, THROUGHPUT_CHAT_FIRST, args.pairs, true).await?;
-    let throughput_bench =
-        scenarios::throughput(&ctx, THROUGHPUT_BENCH_FIRST, args.pairs, false).await?;
 
     // The crowd, and the two wake pairs among it.
     let board = Rc::new(Board::default());
@@ -279,12 +275,15 @@ async fn run(args: &Args) -> Res<serde_json::Value> {
     eprintln!("compare: fan-out {fanout}");
     subs.stop().await;
     let check = scenarios::board_check(&board);
-    if ctx.kind == Kind::Parlor {
-        let mut users = crowd_users;
-        users.extend(chat_users);
-        users.extend(bench_users);
-        setup::leave_all(&ctx, users).await?;
-    }
+    // The crowd stays online, idle: leaving 5 000 users would copy each
+    // one's presence to everyone left. Throughput comes last, so that
+    // memory is measured on a fresh server (the ephemeral store keeps every
+    // message of the throughput runs).
+    drop((crowd_users, chat_users, bench_users));
+    let throughput_chat =
+        scenarios::throughput(&ctx, THROUGHPUT_CHAT_FIRST, args.pairs, true).await?;
+    let throughput_bench =
+        scenarios::throughput(&ctx, THROUGHPUT_BENCH_FIRST, args.pairs, false).await?;
     Ok(json!({
         "server": format!("{:?}", ctx.kind).to_lowercase(),
         "url": args.url,
