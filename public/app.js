@@ -183,6 +183,7 @@
   on(byId('scrim'), 'click', P.closeSidebar);
   on(byId('logout'), 'click', logout);
   on(byId('conn'), 'click', P.retryNow);
+  on(byId('more-users-button'), 'click', P.loadMoreUsers);
 
   on(byId('room-form'), 'submit', function (event) {
     stop(event);

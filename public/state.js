@@ -33,6 +33,14 @@
       cursor: null,
       pollTimeoutMs: 25000,
       users: new Dict(),     // name -> status, others who are available
+      usersKnown: 0,         // how many names `users` holds
+      // A big lobby's list comes in pages (see applyUsersPage): how many are
+      // online, us included (null: the server did not say), and the last
+      // name of the newest page when more follow it.
+      usersTotal: null,
+      usersNext: null,
+      usersPaging: null,     // the /users request in flight, if any
+      pageTouched: null,     // names with presence events while it is
       myStatus: 'online',
       convs: new Dict(),     // conversation id -> conv (see makeConv)
       order: [],             // conversation ids in tab order
@@ -82,14 +90,23 @@
     if (data.poll_timeout_ms) { S.pollTimeoutMs = data.poll_timeout_ms; }
 
     S.users = new Dict();
+    S.usersKnown = 0;
     var users = data.users || [];
     for (i = 0; i < users.length; i++) {
       if (users[i].name === S.user) {
         S.myStatus = users[i].status;
       } else {
-        S.users.set(users[i].name, users[i].status);
+        setUser(users[i].name, users[i].status);
       }
     }
+    // Our own status apart: in a big lobby we may not be on the first page.
+    if (data.status) { S.myStatus = data.status; }
+    if (S.usersPaging) { S.usersPaging.abort(); }
+    S.usersPaging = null;
+    S.pageTouched = null;
+    S.usersTotal = typeof data.users_total === 'number' ? data.users_total : null;
+    S.usersNext = data.users_next || null;
+    fitUsersTotal();
     P.setText(byId('me-name'), S.user);
     P.renderMyStatus();
 
@@ -175,11 +192,89 @@
       if (ev.status !== 'offline') { S.myStatus = ev.status; P.renderMyStatus(); }
       return;
     }
+    if (S.pageTouched) { S.pageTouched.set(ev.user, true); }
+    var known = S.users.has(ev.user);
     if (ev.status === 'offline') {
-      S.users.remove(ev.user);
+      // Someone listed, or (as far as we can tell) one of those not listed.
+      if (S.usersTotal !== null && (known || moreOnline() > 0)) { S.usersTotal--; }
+      removeUser(ev.user);
     } else {
-      S.users.set(ev.user, ev.status);
+      // A newcomer comes online as "online"; another status from someone
+      // not listed is a change beyond the pages we have.
+      if (S.usersTotal !== null && !known && ev.status === 'online') { S.usersTotal++; }
+      setUser(ev.user, ev.status);
     }
+    fitUsersTotal();
+  }
+
+  function setUser(name, status) {
+    var S = P.session;
+    if (!S.users.has(name)) { S.usersKnown++; }
+    S.users.set(name, status);
+  }
+
+  function removeUser(name) {
+    var S = P.session;
+    if (S.users.has(name)) { S.usersKnown--; }
+    S.users.remove(name);
+  }
+
+  /** Whoever we list is online, and so are we. */
+  function fitUsersTotal() {
+    var S = P.session;
+    if (S.usersTotal !== null && S.usersTotal < S.usersKnown + 1) { S.usersTotal = S.usersKnown + 1; }
+  }
+
+  /** How many others are online that the list does not show (0 if unknown). */
+  function moreOnline() {
+    var S = P.session;
+    return S.usersTotal === null ? 0 : Math.max(0, S.usersTotal - 1 - S.usersKnown);
+  }
+
+  // ---- Pages of the online list ---------------------------------------------
+
+  /** Names a "show more" asks for at once (the server answers up to 1000). */
+  var USERS_PAGE = 200;
+
+  /** The next page of the online list (GET /users after the last one). */
+  function loadMoreUsers() {
+    var S = P.session;
+    if (!S || S.usersPaging) { return; }
+    var params = { token: S.token, limit: USERS_PAGE };
+    if (S.usersNext) { params.after = S.usersNext; }
+    var touched = new Dict();
+    S.pageTouched = touched;
+    S.usersPaging = request('GET', '/users', params, P.REQUEST_TIMEOUT_MS, function (err, data) {
+      if (!alive(S) || S.pageTouched !== touched) { return; }
+      S.usersPaging = null;
+      S.pageTouched = null;
+      if (err) {
+        P.showNotice('Could not list more people: ' + err.message, 'warn');
+      } else {
+        applyUsersPage(data, touched);
+      }
+      P.renderAll();
+    });
+    P.renderAll();
+  }
+
+  /**
+   * A page and a presence event both set a state (someone's status now), so
+   * applying a page and then the events after it ends where the server is.
+   * The one ordering to avoid is an event applied before a page that is
+   * older than it: names with an event while the page was on its way keep
+   * the event's status (any change after that event comes as another one).
+   */
+  function applyUsersPage(data, touched) {
+    var S = P.session;
+    var users = data.users || [];
+    for (var i = 0; i < users.length; i++) {
+      var name = users[i].name;
+      if (name !== S.user && !touched.has(name)) { setUser(name, users[i].status); }
+    }
+    if (typeof data.total === 'number') { S.usersTotal = data.total; }
+    S.usersNext = data.next || null;
+    fitUsersTotal();
   }
 
   function onConversationAdded(ev) {
@@ -234,6 +329,8 @@
       kind: c.kind,
       name: c.name || c.id,
       members: (c.members || []).slice(0),
+      // The lobby's size, when its members are a first page of them.
+      memberCount: typeof c.member_count === 'number' ? c.member_count : null,
       peer: null,
       entries: [],
       seen: new Dict(),
@@ -261,6 +358,7 @@
 
   function updateConv(conv, c) {
     if (c.members) { conv.members = c.members.slice(0); }
+    conv.memberCount = typeof c.member_count === 'number' ? c.member_count : null;
     if (c.name) { conv.name = c.name; }
     conv.peer = dialogPeer(conv);
     P.renderPaneHead(conv);
@@ -432,4 +530,6 @@
   P.joinRoom = joinRoom;
   P.leaveRoom = leaveRoom;
   P.setStatus = setStatus;
+  P.moreOnline = moreOnline;
+  P.loadMoreUsers = loadMoreUsers;
 }(window.parlor));

@@ -106,6 +106,11 @@
       sub = status ? 'Private conversation \u00b7 ' + status : 'Private conversation';
     } else if (conv.id === 'lobby') {
       sub = 'Everyone who is here';
+      if (conv.memberCount !== null) {
+        // Counted by the server; kept current by presence since.
+        var count = P.session.usersTotal !== null ? P.session.usersTotal : conv.memberCount;
+        sub += ' \u00b7 ' + count + ' online';
+      }
     } else {
       sub = conv.members.length + (conv.members.length === 1 ? ' member: ' : ' members: ') +
         conv.members.join(', ');
@@ -128,7 +133,7 @@
     renderTabs();
     for (var i = 0; i < S.order.length; i++) {
       var conv = S.convs.get(S.order[i]);
-      if (conv.kind === 'dialog') { renderPaneHead(conv); }
+      if (conv.kind === 'dialog' || conv.id === 'lobby') { renderPaneHead(conv); }
     }
   }
 
@@ -156,8 +161,16 @@
     for (var i = 0; i < names.length; i++) {
       list.appendChild(userItem(names[i], users.get(names[i])));
     }
-    setText(byId('user-count'), names.length ? String(names.length) : '');
-    byId('no-users').style.display = names.length ? 'none' : '';
+    // In a big lobby, the people listed and how many more are online.
+    var more = P.moreOnline();
+    var others = names.length + more;
+    setText(byId('user-count'), others ? String(others) : '');
+    byId('no-users').style.display = others ? 'none' : '';
+    byId('more-users').style.display = more ? 'block' : 'none';
+    setText(byId('more-users-count'), more + ' more online');
+    var button = byId('more-users-button');
+    button.disabled = !!P.session.usersPaging;
+    setText(button, P.session.usersPaging ? 'Loading\u2026' : 'Show more');
   }
 
   function userItem(name, status) {

@@ -3,8 +3,9 @@
 connections allow, each with a JWT from the application's backend (as a
 storm after a deploy or an outage would: no argon2 per join), and none of
 them polls. Prints the wall time, the server's CPU time and RSS growth
-(from /proc/PID), and the bytes of /join answers (each lists every user
-online at that moment, so the total grows with the square of USERS).
+(from /proc/PID), and the bytes of /join answers (each lists the first 200
+users online, so the total grows with USERS; servers before 2026-12-08
+listed everyone, and the total grew with the square of USERS).
 
 The server needs the same secret and an inactivity timeout longer than the
 storm, e.g.:

@@ -60,7 +60,7 @@ log "the integration suite again, against 3 nodes on one Redis"
 PARLOR_TEST_CLUSTER=3 cargo test --locked \
     --test conversations --test polling --test presence --test http_edges \
     --test hardening_joins --test rate_limits --test cors --test hardening_headers \
-    --test config_and_routing --test metrics --test jwt_join
+    --test config_and_routing --test metrics --test jwt_join --test online_pages
 
 log "benches compile (they are run by hand: see docs/performance.md)"
 cargo bench --locked --no-run

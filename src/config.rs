@@ -70,6 +70,12 @@ pub const MAX_CLIENT_MSG_ID_BYTES: usize = 64;
 pub const MAX_CLIENTS_PER_USER: usize = 64;
 /// Rooms in existence; creating one more gets 429 `too_many_rooms`.
 pub const MAX_ROOMS: usize = 10_000;
+/// Online users a /join or /sync answer lists (the first in name order),
+/// and the lobby's members it lists; `users_total` and `member_count` say
+/// how many there are, and GET /users pages through the rest.
+pub const ONLINE_PAGE: usize = 200;
+/// GET /users page size default and cap.
+pub const MAX_USERS_PAGE: usize = 1000;
 /// History page size default and cap.
 pub const DEFAULT_HISTORY_LIMIT: usize = 50;
 pub const MAX_HISTORY_LIMIT: usize = 200;

@@ -5,14 +5,13 @@
 //! API's JSON and errors are the same in either mode.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::join_token::Vouched;
 use crate::cluster::Cluster;
 use crate::conversation::Conversation;
 use crate::event::{Message, Status};
-use crate::hub::online::OnlineSnapshot;
+use crate::hub::online::OnlinePage;
 use crate::hub::{Hub, HubResult, PublishReport, Refusal, Session};
 use crate::metrics::{Gauges, Metrics};
 
@@ -147,11 +146,17 @@ impl Engine {
         }
     }
 
-    /// GET /users.
-    pub async fn users(&self, token: &str) -> HubResult<Arc<OnlineSnapshot>> {
+    /// GET /users: at most `limit` online users, after `after` in name
+    /// order.
+    pub async fn users(
+        &self,
+        token: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> HubResult<OnlinePage> {
         match self {
-            Engine::Single(hub) => hub.users(token),
-            Engine::Cluster(cluster) => cluster.users(token).await,
+            Engine::Single(hub) => hub.users(token, after, limit),
+            Engine::Cluster(cluster) => cluster.users(token, after, limit).await,
         }
     }
 

@@ -1556,7 +1556,10 @@ async fn healthz_users_history_and_status_validate_their_input() {
     assert_ok(&users);
     assert_eq!(
         users.json,
-        json!({"users": [{"name": "ann", "status": "online"}, {"name": "bob", "status": "online"}]})
+        json!({
+            "users": [{"name": "ann", "status": "online"}, {"name": "bob", "status": "online"}],
+            "total": 2
+        })
     );
 
     assert_ok(&ann.send("lobby", "one").await);

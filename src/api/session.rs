@@ -9,13 +9,14 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::auth::join_token::{BadToken, JoinTokens};
+use crate::config::MAX_USERS_PAGE;
 use crate::conversation::LOBBY;
 use crate::engine::Engine;
 use crate::error::{ApiError, ApiResult};
 use crate::event::Status;
 use crate::http::request::Params;
 use crate::http::response::{json, json_bytes, Body};
-use crate::hub::Session;
+use crate::hub::{valid_name, Session};
 
 /// POST /join, with a `password` or, when the server has a join secret,
 /// an `auth` JWT; `client` is the client's address (see
@@ -79,8 +80,10 @@ pub async fn sync(engine: &Engine, params: Params) -> ApiResult<Response<Body>> 
 }
 
 /// The /join and /sync answer: `{"user", "client", "token"?, "cursor",
-/// "poll_timeout_ms", "inactivity_timeout_ms", "users", "conversations"}`,
-/// with the online list spliced in as it was serialized once for all.
+/// "poll_timeout_ms", "inactivity_timeout_ms", "status", "users",
+/// "users_total", "users_next"?, "conversations"}`, with the first page of
+/// online users spliced in as the hub wrote it; the lobby's `members` are
+/// the same page, and its `member_count` is `users_total`.
 fn session_json(session: &Session) -> Vec<u8> {
     #[derive(Serialize)]
     struct Head<'a> {
@@ -91,6 +94,7 @@ fn session_json(session: &Session) -> Vec<u8> {
         cursor: u64,
         poll_timeout_ms: u64,
         inactivity_timeout_ms: u64,
+        status: Status,
     }
     let head = Head {
         user: &session.user,
@@ -99,28 +103,51 @@ fn session_json(session: &Session) -> Vec<u8> {
         cursor: session.cursor,
         poll_timeout_ms: session.poll_timeout_ms,
         inactivity_timeout_ms: session.inactivity_timeout_ms,
+        status: session.status,
     };
+    let online = &session.online;
+    let names = online.names.as_deref().unwrap_or("[]");
     let mut out = Vec::with_capacity(
-        256 + session.online.users.len()
-            + session.online.names.len()
-            + 128 * session.rooms_and_dialogs.len(),
+        320 + online.users.len() + names.len() + 128 * session.rooms_and_dialogs.len(),
     );
     serde_json::to_writer(&mut out, &head).expect("a session serializes");
     out.pop(); // the head's closing brace: the object goes on
     out.extend_from_slice(b",\"users\":");
-    out.extend_from_slice(session.online.users.as_bytes());
+    out.extend_from_slice(online.users.as_bytes());
+    push_total_and_next(
+        &mut out,
+        "users_total",
+        online.total,
+        "users_next",
+        &online.next,
+    );
     out.extend_from_slice(
         format!(r#","conversations":[{{"id":"{LOBBY}","kind":"room","name":"{LOBBY}","members":"#)
             .as_bytes(),
     );
-    out.extend_from_slice(session.online.names.as_bytes());
-    out.push(b'}');
+    out.extend_from_slice(names.as_bytes());
+    out.extend_from_slice(format!(r#","member_count":{}}}"#, online.total).as_bytes());
     for conversation in &session.rooms_and_dialogs {
         out.push(b',');
         serde_json::to_writer(&mut out, conversation).expect("a conversation serializes");
     }
     out.extend_from_slice(b"]}");
     out
+}
+
+/// `,"TOTAL":N` and, when more follow the page, `,"NEXT":"NAME"`.
+fn push_total_and_next(
+    out: &mut Vec<u8>,
+    total_key: &str,
+    total: usize,
+    next_key: &str,
+    next: &Option<String>,
+) {
+    out.extend_from_slice(format!(r#","{total_key}":{total}"#).as_bytes());
+    if let Some(next) = next {
+        out.extend_from_slice(format!(r#","{next_key}":"#).as_bytes());
+        serde_json::to_writer(&mut *out, next).expect("a name serializes");
+    }
 }
 
 ///
@@ -159,11 +186,33 @@ pub async fn set_status(engine: &Engine, params: Params) -> ApiResult<Response<B
     Ok(json(&json!({ "status": status })))
 }
 
+/// GET /users: `{"users", "total", "next"?}`, a page of at most `limit`
+/// (1..=`MAX_USERS_PAGE`, default the most) online users in name order,
+/// after `after` (a user name, exclusive) or from the first.
 pub async fn users(engine: &Engine, params: Params) -> ApiResult<Response<Body>> {
-    let online = engine.users(params.token()?).await?;
-    let mut body = Vec::with_capacity(online.users.len() + 12);
+    let token = params.token()?;
+    // Empty, as a form or query may send a blank field: from the first.
+    let after = params
+        .optional_str("after")?
+        .filter(|name| !name.is_empty());
+    if after.is_some_and(|name| !valid_name(name)) {
+        return Err(ApiError::invalid_param("after", "a user name"));
+    }
+    let limit = match params.optional_u64("limit")? {
+        None => MAX_USERS_PAGE,
+        Some(limit @ 1..) if limit <= MAX_USERS_PAGE as u64 => limit as usize,
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "limit",
+                &format!("between 1 and {MAX_USERS_PAGE}"),
+            ))
+        }
+    };
+    let page = engine.users(token, after, limit).await?;
+    let mut body = Vec::with_capacity(page.users.len() + 80);
     body.extend_from_slice(b"{\"users\":");
-    body.extend_from_slice(online.users.as_bytes());
+    body.extend_from_slice(page.users.as_bytes());
+    push_total_and_next(&mut body, "total", page.total, "next", &page.next);
     body.push(b'}');
     Ok(json_bytes(StatusCode::OK, body))
 }

@@ -15,10 +15,10 @@
 //! script saw that version or an older one reuses the copy, and a newer
 //! one brings the copy up to date from the changes since (`online.lua`)
 //! instead of reading the whole list: a join storm of N users costs N
-//! small reads, not N² names.
+//! small reads, not N² names. Answers list a page of that copy, cut while
+//! it is locked.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Value;
@@ -26,10 +26,10 @@ use redis::Value;
 use super::scripts::{self, array, integer, text, Args};
 use super::{keys, Cluster};
 use crate::auth::join_token::Vouched;
-use crate::config::{SignupMode, MAX_PASSWORD_BYTES};
+use crate::config::{SignupMode, MAX_PASSWORD_BYTES, ONLINE_PAGE};
 use crate::conversation::{is_dialog, Conversation};
 use crate::event::Status;
-use crate::hub::online::{OnlineNames, OnlineSnapshot};
+use crate::hub::online::{OnlineNames, OnlinePage};
 use crate::hub::{valid_name, HubResult, Limited, Refusal, Session};
 use crate::metrics::RateLimit;
 
@@ -208,9 +208,17 @@ impl Cluster {
         Ok(())
     }
 
-    /// GET /users: who is online, with their status.
-    pub async fn users(&self, token: &str) -> HubResult<Arc<OnlineSnapshot>> {
-        self.online_list(&keys::token_sha(token), None).await
+    /// GET /users: at most `limit` online users with their status, in
+    /// name order after `after`.
+    pub async fn users(
+        &self,
+        token: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> HubResult<OnlinePage> {
+        let sha = keys::token_sha(token);
+        let page = |online: &OnlineNames| online.page(after, limit, false);
+        self.online_list(&sha, None, page).await
     }
 
     /// A session from `session_of`'s answer (head, presence version, rooms,
@@ -225,6 +233,12 @@ impl Cluster {
         dialogs.sort_by(|a, b| a.id.cmp(&b.id));
         rooms.extend(dialogs);
         let config = self.config();
+        // The first page, and the user's own status, which it may not show.
+        let page_and_status = |online: &OnlineNames| {
+            let status = online.status_of(user).unwrap_or(Status::Online);
+            (online.page(None, ONLINE_PAGE, true), status)
+        };
+        let (online, status) = self.online_list("", Some(version), page_and_status).await?;
         Ok(Session {
             user: user.to_owned(),
             client,
@@ -232,26 +246,29 @@ impl Cluster {
             cursor: head,
             poll_timeout_ms: millis(config.poll_timeout),
             inactivity_timeout_ms: millis(config.inactivity_timeout),
-            online: self.online_list("", Some(version)).await?,
+            status,
+            online,
             rooms_and_dialogs: rooms,
         })
     }
 
-    /// The online list at presence version `at_least` or later (None: as
-    /// Redis has it now, after checking token hash `sha`). This node's copy
-    /// is brought up to date with the changes since its version
-    /// (`online.lua`), or read whole when Redis cannot tell them.
-    async fn online_list(
+    /// `cut` of the online list at presence version `at_least` or later
+    /// (None: as Redis has it now, after checking token hash `sha`). This
+    /// node's copy is brought up to date with the changes since its version
+    /// (`online.lua`), or read whole when Redis cannot tell them; `cut`
+    /// runs while the copy is locked.
+    async fn online_list<T>(
         &self,
         sha: &str,
         at_least: Option<u64>,
-    ) -> HubResult<Arc<OnlineSnapshot>> {
+        cut: impl Fn(&OnlineNames) -> T,
+    ) -> HubResult<T> {
         for attempt in 0..3 {
             let since = {
                 let mirror = self.online_mirror();
                 if let Some(wanted) = at_least {
                     if mirror.loaded && mirror.version >= wanted {
-                        return Ok(mirror.names.snapshot());
+                        return Ok(cut(&mirror.names));
                     }
                 }
                 if mirror.loaded && attempt < 2 {
@@ -275,9 +292,9 @@ impl Cluster {
                         version,
                         names,
                     };
-                    return Ok(mirror.names.snapshot());
+                    return Ok(cut(&mirror.names));
                 }
-                return Ok(names.snapshot());
+                return Ok(cut(&names));
             }
             if mirror.loaded && mirror.version == since {
                 for (name, status) in pairs {
@@ -290,10 +307,10 @@ impl Cluster {
                     }
                 }
                 mirror.version = version;
-                return Ok(mirror.names.snapshot());
+                return Ok(cut(&mirror.names));
             }
             if mirror.loaded && mirror.version >= version {
-                return Ok(mirror.names.snapshot());
+                return Ok(cut(&mirror.names));
             }
             // Another answer moved the copy meanwhile: ask again.
         }

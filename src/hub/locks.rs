@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use super::clients::{Clients, Wake};
 use super::delivery::Batch;
 use super::mailbox::Mailbox;
-use super::online::{OnlineNames, OnlineSnapshot};
+use super::online::OnlineNames;
 use super::presence::PresenceBoard;
 use super::sweeper::SweeperAlarm;
 use super::{Hub, HubResult, Refusal, Shared};
@@ -245,10 +245,6 @@ impl Directory {
                 conversation: conversation.to_owned(),
             }),
         }
-    }
-
-    pub(super) fn online_snapshot(&mut self) -> Arc<OnlineSnapshot> {
-        self.online.snapshot()
     }
 
     /// The lobby's members are the online users.

@@ -6,7 +6,6 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -15,20 +14,20 @@ use super::clients::Wake;
 use super::delivery::Committer;
 use super::locks::{ClientRef, Exclusive, Locked, OnlineUser};
 use super::mailbox::Mailbox;
-use super::online::OnlineSnapshot;
+use super::online::OnlinePage;
 use super::{Hub, HubResult, Refusal};
 use crate::access_log;
 use crate::auth::join_token::Vouched;
 use crate::auth::{self, TokenHash};
-use crate::config::{MAX_CLIENTS_PER_USER, MAX_NAME_LEN, MAX_PASSWORD_BYTES};
+use crate::config::{MAX_CLIENTS_PER_USER, MAX_NAME_LEN, MAX_PASSWORD_BYTES, ONLINE_PAGE};
 use crate::conversation::Conversation;
 use crate::event::{Event, RemovalReason, Status};
 use crate::metrics::RateLimit;
 use crate::store::Change;
 
 /// What /join and /sync answer: who the client is, where its cursor starts,
-/// and a snapshot of the users and conversations it can see (the JSON is
-/// built in `api::session`).
+/// and a snapshot of the users (the first page of them) and conversations
+/// it can see (the JSON is built in `api::session`).
 #[derive(Debug)]
 pub struct Session {
     pub user: String,
@@ -38,8 +37,11 @@ pub struct Session {
     pub cursor: u64,
     pub poll_timeout_ms: u64,
     pub inactivity_timeout_ms: u64,
-    /// Who is online: the `users` of the answer, and the lobby's members.
-    pub online: Arc<OnlineSnapshot>,
+    /// The user's own status (it may not be on the page).
+    pub status: Status,
+    /// The first `ONLINE_PAGE` users online: the `users` of the answer,
+    /// and the lobby's members.
+    pub online: OnlinePage,
     /// The user's rooms and dialogs; the lobby comes first in the answer.
     pub rooms_and_dialogs: Vec<Conversation>,
 }
@@ -152,12 +154,13 @@ impl Hub {
         Ok(())
     }
 
-    /// GET /users: who is online, with their status.
-    pub fn users(&self, token: &str) -> HubResult<Arc<OnlineSnapshot>> {
+    /// GET /users: at most `limit` online users with their status, in
+    /// name order after `after`.
+    pub fn users(&self, token: &str, after: Option<&str>, limit: usize) -> HubResult<OnlinePage> {
         let token = &TokenHash::of(token);
         let mut locked = self.lock_all();
         locked.client_of(token)?;
-        Ok(locked.dir.online_snapshot())
+        Ok(locked.dir.online.page(after, limit, false))
     }
 }
 
@@ -286,7 +289,7 @@ impl Exclusive<'_> {
     fn compact_presence(&mut self) {
         const MARGIN: usize = 1024;
         let size = self.dir.presence.len();
-        let online = self.dir.online.iter().len();
+        let online = self.dir.online.len();
         if size < online * 2 + MARGIN || size < self.dir.presence_compacted_at + MARGIN {
             return;
         }
@@ -309,7 +312,7 @@ impl Exclusive<'_> {
     fn session(&mut self, client: ClientRef) -> Session {
         let config = self.hub.config;
         let durable_through = self.hub.durable_through();
-        let online = self.dir.online_snapshot();
+        let online = self.dir.online.page(None, ONLINE_PAGE, true);
         let Locked { dir, shards, .. } = self;
         let shard = shards[client.shard]
             .as_deref()
@@ -320,6 +323,7 @@ impl Exclusive<'_> {
             .expect("session of a live client");
         access_log::note_caller(&found.user, found.id);
         let user = &shard.users[&found.user];
+        let status = dir.online.status_of(&found.user).unwrap_or(Status::Online);
         let mut conversations = Vec::new();
         if let Some(rooms) = dir.rooms_of.get(&found.user) {
             conversations.extend(rooms.iter().filter_map(|room| dir.rooms.get(room).cloned()));
@@ -338,6 +342,7 @@ impl Exclusive<'_> {
             cursor: user.mailbox.visible_head(durable_through),
             poll_timeout_ms: millis(config.poll_timeout),
             inactivity_timeout_ms: millis(config.inactivity_timeout),
+            status,
             online,
             rooms_and_dialogs: conversations,
         }

@@ -1,211 +1,113 @@
-//! The online users, kept sorted with their status, and the JSON lists of
-//! them that every /join, /sync and /users answers.
+//! The online users, kept sorted with their status, and the pages of them
+//! that /join, /sync and /users answer.
 //!
-//! Every such answer lists who is online (the lobby's members, and each
-//! with a status). Built per answer, under the hub's locks, that list would
-//! make a storm of N joins cost N² string copies and status look-ups while
-//! every shard is held; rebuilt once per change it still would, since in a
-//! join storm every join is a change. So the two JSON arrays are kept
-//! current as users come, go and change status: each change splices one
-//! user's bytes in or out at its place (found by summing the lengths of
-//! the users before it), which costs a memmove of the arrays and no
-//! serialization or look-up per user. Answers share the arrays (an `Arc`);
-//! a change while an answer still holds them writes a spliced copy. In a
-//! 2 000-user join storm the list took 65 % of the server's instructions
-//! rebuilt per join, 12 % spliced (docs/performance.md); what is left is
-//! O(N) byte copies per join, as each answer's own copy of the list is.
+//! No answer lists everyone: /join and /sync list the first `ONLINE_PAGE`
+//! users in name order, /users a page after a given name. A page is written
+//! from the sorted map under the hub's lock, a few hundred entries at most,
+//! so an answer costs the same whether ten or a hundred thousand users are
+//! online, and holds nothing shared with the list: a change never copies
+//! the list because an answer is still being written out (which whole-list
+//! answers did, an O(N) per join on top of the O(N) bytes of each answer).
+//! Coming, going and status changes are O(log N) map operations.
 
-use std::ops::Range;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use crate::event::Status;
 
-/// Sorted by name, without duplicates, with the lists as JSON.
-#[derive(Debug)]
+/// Sorted by name, without duplicates.
+#[derive(Debug, Default)]
 pub struct OnlineNames {
-    /// Each online user, in name order.
-    members: Vec<Member>,
-    /// The JSON arrays of `members`, always current; shared by answers.
-    lists: Arc<OnlineSnapshot>,
+    members: BTreeMap<String, Status>,
 }
 
-#[derive(Debug)]
-struct Member {
-    name: String,
-    status: Status,
-    /// Bytes of the name as a JSON string, quotes included.
-    json_len: usize,
-}
-
-/// Who is online, as JSON arrays ready to be spliced into an answer.
-#[derive(Debug)]
-pub struct OnlineSnapshot {
+/// Part of the online list, as JSON ready to be spliced into an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnlinePage {
     /// `[{"name":NAME,"status":STATUS},...]` in name order.
     pub users: String,
-    /// `[NAME,...]` in name order: the lobby's members.
-    pub names: String,
-}
-
-impl Default for OnlineNames {
-    fn default() -> OnlineNames {
-        OnlineNames {
-            members: Vec::new(),
-            lists: Arc::new(OnlineSnapshot {
-                users: "[]".to_owned(),
-                names: "[]".to_owned(),
-            }),
-        }
-    }
-}
-
-/// The bytes of `{"name":` and `,"status":` and `}` around a user.
-const USER_FRAME: usize = r#"{"name":,"status":}"#.len();
-
-impl Member {
-    /// Bytes of the user's object in the `users` array.
-    fn user_len(&self) -> usize {
-        USER_FRAME + self.json_len + status_json(self.status).len()
-    }
-
-    fn user_json(&self) -> String {
-        let mut json = String::with_capacity(self.user_len());
-        json.push_str(r#"{"name":"#);
-        push_name(&mut json, &self.name);
-        json.push_str(r#","status":"#);
-        json.push_str(status_json(self.status));
-        json.push('}');
-        json
-    }
-
-    fn name_json(&self) -> String {
-        let mut json = String::with_capacity(self.json_len);
-        push_name(&mut json, &self.name);
-        json
-    }
+    /// `[NAME,...]`: the same names (the lobby's members), if asked for.
+    pub names: Option<String>,
+    /// How many users are online.
+    pub total: usize,
+    /// The last name listed, when more follow it.
+    pub next: Option<String>,
 }
 
 impl OnlineNames {
     /// Adds a user, online until `set_status` says otherwise.
     pub fn insert(&mut self, name: &str) {
-        let Err(at) = self.search(name) else {
-            return;
-        };
-        let mut json = String::new();
-        push_name(&mut json, name);
-        let member = Member {
-            name: name.to_owned(),
-            status: Status::Online,
-            json_len: json.len(),
-        };
-        let (user_at, name_at) = self.offsets(at);
-        let (user, lobby) = (member.user_json(), member.name_json());
-        // A comma after the new entry when one follows it, else before it
-        // (at the end), else none (the only entry).
-        if self.members.is_empty() {
-            self.splice(user_at..user_at, &user, name_at..name_at, &lobby);
-        } else if at == self.members.len() {
-            let (user_at, name_at) = (user_at - 1, name_at - 1);
-            let (user, lobby) = (format!(",{user}"), format!(",{lobby}"));
-            self.splice(user_at..user_at, &user, name_at..name_at, &lobby);
-        } else {
-            let (user, lobby) = (format!("{user},"), format!("{lobby},"));
-            self.splice(user_at..user_at, &user, name_at..name_at, &lobby);
+        if !self.members.contains_key(name) {
+            self.members.insert(name.to_owned(), Status::Online);
         }
-        self.members.insert(at, member);
     }
 
     pub fn remove(&mut self, name: &str) {
-        let Ok(at) = self.search(name) else {
-            return;
-        };
-        let (user_at, name_at) = self.offsets(at);
-        let (user_len, json_len) = (self.members[at].user_len(), self.members[at].json_len);
-        // With the comma after it when another entry follows, else with
-        // the one before it (if any).
-        let (users, names) = if at + 1 < self.members.len() {
-            (
-                user_at..user_at + user_len + 1,
-                name_at..name_at + json_len + 1,
-            )
-        } else if at > 0 {
-            (
-                user_at - 1..user_at + user_len,
-                name_at - 1..name_at + json_len,
-            )
-        } else {
-            (user_at..user_at + user_len, name_at..name_at + json_len)
-        };
-        self.splice(users, "", names, "");
-        self.members.remove(at);
+        self.members.remove(name);
     }
 
     /// In name order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> {
-        self.members.iter().map(|member| member.name.as_str())
+        self.members.keys().map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
     }
 
     /// The status the list shows for `name`, if it is online (the hub sets
     /// it whenever the presence board changes one).
     pub fn set_status(&mut self, name: &str, status: Status) {
-        let Ok(at) = self.search(name) else {
-            return;
-        };
-        if self.members[at].status == status {
-            return;
-        }
-        let (user_at, _) = self.offsets(at);
-        let old_len = self.members[at].user_len();
-        self.members[at].status = status;
-        let user = self.members[at].user_json();
-        self.splice(user_at..user_at + old_len, &user, 0..0, "");
-    }
-
-    /// The current lists, shared until the next change.
-    pub fn snapshot(&self) -> Arc<OnlineSnapshot> {
-        self.lists.clone()
-    }
-
-    /// Replaces the bytes at `users` and `names` in the lists: in place if
-    /// no answer holds them, else into fresh copies (one pass each, rather
-    /// than a copy and then a memmove).
-    fn splice(&mut self, users: Range<usize>, user: &str, names: Range<usize>, name: &str) {
-        match Arc::get_mut(&mut self.lists) {
-            Some(lists) => {
-                lists.users.replace_range(users, user);
-                lists.names.replace_range(names, name);
-            }
-            None => {
-                self.lists = Arc::new(OnlineSnapshot {
-                    users: spliced(&self.lists.users, users, user),
-                    names: spliced(&self.lists.names, names, name),
-                })
-            }
+        if let Some(shown) = self.members.get_mut(name) {
+            *shown = status;
         }
     }
 
-    /// Where the entry of the member at `at` starts (or a new one inserted
-    /// there would) in `users` and in `names`: after `[` and every earlier
-    /// entry with its comma.
-    fn offsets(&self, at: usize) -> (usize, usize) {
-        let before = &self.members[..at];
-        let users: usize = before.iter().map(|member| member.user_len() + 1).sum();
-        let names: usize = before.iter().map(|member| member.json_len + 1).sum();
-        (1 + users, 1 + names)
+    /// `name`'s status, if it is online.
+    pub fn status_of(&self, name: &str) -> Option<Status> {
+        self.members.get(name).copied()
     }
 
-    fn search(&self, name: &str) -> Result<usize, usize> {
-        self.members
-            .binary_search_by(|member| member.name.as_str().cmp(name))
+    /// At most `limit` users in name order, after `after` (exclusive) or
+    /// from the first; with the names again as a JSON array of their own
+    /// when `with_names` (the lobby's members of a /join answer).
+    pub fn page(&self, after: Option<&str>, limit: usize, with_names: bool) -> OnlinePage {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut rest = self.members.range::<str, _>((start, Bound::Unbounded));
+        let mut users = String::with_capacity(2 + 64 * limit.min(self.members.len()));
+        let mut names = String::new();
+        users.push('[');
+        names.push('[');
+        let mut last = None;
+        for (name, status) in rest.by_ref().take(limit) {
+            if last.is_some() {
+                users.push(',');
+                names.push(',');
+            }
+            users.push_str(r#"{"name":"#);
+            push_name(&mut users, name);
+            users.push_str(r#","status":"#);
+            users.push_str(status_json(*status));
+            users.push('}');
+            if with_names {
+                push_name(&mut names, name);
+            }
+            last = Some(name);
+        }
+        users.push(']');
+        names.push(']');
+        let more = rest.next().is_some();
+        OnlinePage {
+            users,
+            names: with_names.then_some(names),
+            total: self.members.len(),
+            next: last.filter(|_| more).cloned(),
+        }
     }
-}
-
-/// `text` with `range` replaced by `with`.
-fn spliced(text: &str, range: Range<usize>, with: &str) -> String {
-    let mut out = String::with_capacity(text.len() - range.len() + with.len());
-    out.push_str(&text[..range.start]);
-    out.push_str(with);
-    out.push_str(&text[range.end..]);
-    out
 }
 
 /// `name` as a JSON string: copied between quotes when nothing in it needs
@@ -233,10 +135,12 @@ fn status_json(status: Status) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    fn users_of(page: &OnlinePage) -> Value {
+        serde_json::from_str(&page.users).unwrap()
+    }
 
     #[test]
     fn names_stay_sorted_and_unique_as_users_come_and_go() {
@@ -248,48 +152,60 @@ mod tests {
         online.remove("nobody");
         online.set_status("mia", Status::Away);
         online.set_status("nobody", Status::Busy);
-        let snapshot = online.snapshot();
-        assert_eq!(snapshot.names, r#"["ann","mia","zoe"]"#);
+        online.insert("mia"); // already there: keeps its status
+        let page = online.page(None, 10, true);
+        assert_eq!(page.names.as_deref(), Some(r#"["ann","mia","zoe"]"#));
         assert_eq!(
-            snapshot.users,
+            page.users,
             r#"[{"name":"ann","status":"online"},{"name":"mia","status":"away"},{"name":"zoe","status":"online"}]"#
         );
+        assert_eq!((page.total, page.next), (3, None));
+        assert_eq!(online.status_of("mia"), Some(Status::Away));
+        assert_eq!(online.status_of("bob"), None);
+        assert!(online.iter().eq(["ann", "mia", "zoe"]));
     }
 
     #[test]
-    fn the_snapshot_is_shared_until_something_changes() {
+    fn pages_cut_the_list_and_say_where_to_go_on() {
         let mut online = OnlineNames::default();
-        assert_eq!(online.snapshot().users, "[]");
-        online.insert("ann");
-        let first = online.snapshot();
-        assert!(Arc::ptr_eq(&first, &online.snapshot()));
-        online.set_status("ann", Status::Online); // unchanged
-        assert!(Arc::ptr_eq(&first, &online.snapshot()));
-        online.set_status("ann", Status::Busy);
-        let after_status = online.snapshot();
-        assert!(!Arc::ptr_eq(&first, &after_status));
-        assert_eq!(after_status.users, r#"[{"name":"ann","status":"busy"}]"#);
-        online.insert("ann"); // already there: nothing changed
-        assert!(Arc::ptr_eq(&after_status, &online.snapshot()));
-        online.remove("ann");
-        assert_eq!(online.snapshot().names, "[]");
-    }
-
-    /// The lists as serde_json writes them, built from scratch.
-    fn brute_force(online: &BTreeMap<&str, Status>) -> (String, String) {
-        let users: Vec<_> = online
-            .iter()
-            .map(|(name, status)| json!({ "name": name, "status": status }))
-            .collect();
-        let names: Vec<&str> = online.keys().copied().collect();
-        (
-            serde_json::to_string(&users).unwrap(),
-            serde_json::to_string(&names).unwrap(),
-        )
+        assert_eq!(
+            online.page(None, 2, true),
+            OnlinePage {
+                users: "[]".to_owned(),
+                names: Some("[]".to_owned()),
+                total: 0,
+                next: None,
+            }
+        );
+        for name in ["d", "b", "a", "c", "e"] {
+            online.insert(name);
+        }
+        online.set_status("b", Status::Busy);
+        let first = online.page(None, 2, true);
+        assert_eq!(
+            users_of(&first),
+            json!([{"name": "a", "status": "online"}, {"name": "b", "status": "busy"}])
+        );
+        assert_eq!(first.names.as_deref(), Some(r#"["a","b"]"#));
+        assert_eq!((first.total, first.next.as_deref()), (5, Some("b")));
+        let second = online.page(Some("b"), 2, false);
+        assert_eq!(second.names, None);
+        assert_eq!(second.next.as_deref(), Some("d"));
+        let last = online.page(Some("d"), 2, false);
+        assert_eq!(users_of(&last), json!([{"name": "e", "status": "online"}]));
+        assert_eq!(last.next, None);
+        // Exactly full: nothing follows, so no `next`.
+        assert_eq!(online.page(Some("c"), 2, false).next, None);
+        // After a name that is not (or no longer) online: the ones after it.
+        assert_eq!(
+            users_of(&online.page(Some("bb"), 1, false)),
+            json!([{"name": "c", "status": "online"}])
+        );
+        assert_eq!(online.page(Some("z"), 2, false).users, "[]");
     }
 
     #[test]
-    fn the_spliced_lists_are_the_json_serde_writes_after_every_change() {
+    fn pages_are_the_json_serde_writes_after_every_change() {
         // Valid names and names a store or another name rule might hold
         // (escaped by serde), at the front, middle and end of the order.
         let pool = [
@@ -310,7 +226,6 @@ mod tests {
         let mut expected: BTreeMap<&str, Status> = BTreeMap::new();
         // A fixed pseudo-random walk (xorshift), so a failure replays.
         let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut held = Vec::new();
         for step in 0..2000 {
             seed ^= seed << 13;
             seed ^= seed >> 7;
@@ -333,25 +248,37 @@ mod tests {
                     }
                 }
             }
-            // Answers in flight hold some snapshots: changes copy those.
-            let snapshot = online.snapshot();
-            let (users, names) = brute_force(&expected);
+            let limit = 1 + (seed >> 24) as usize % 4;
+            let after = pool[((seed >> 32) % pool.len() as u64) as usize];
+            let wanted: Vec<_> = expected
+                .iter()
+                .filter(|(name, _)| step % 2 == 0 || **name > after)
+                .collect();
+            let page = if step % 2 == 0 {
+                online.page(None, limit, true)
+            } else {
+                online.page(Some(after), limit, true)
+            };
+            let listed = &wanted[..limit.min(wanted.len())];
+            let users: Vec<_> = listed
+                .iter()
+                .map(|(name, status)| json!({ "name": name, "status": status }))
+                .collect();
+            let names: Vec<&str> = listed.iter().map(|(name, _)| **name).collect();
             assert_eq!(
-                (&snapshot.users, &snapshot.names),
-                (&users, &names),
+                page.users,
+                serde_json::to_string(&users).unwrap(),
                 "step {step}"
             );
-            assert!(online.iter().eq(expected.keys().copied()));
-            if step % 7 == 0 {
-                held.push((snapshot, users, names));
-            }
-        }
-        // A held snapshot still reads as the lists did when it was taken.
-        for (snapshot, users, names) in held {
             assert_eq!(
-                (snapshot.users.as_str(), snapshot.names.as_str()),
-                (&*users, &*names)
+                page.names.unwrap(),
+                serde_json::to_string(&names).unwrap(),
+                "step {step}"
             );
+            assert_eq!(page.total, expected.len(), "step {step}");
+            let next = (wanted.len() > limit).then(|| names[limit - 1].to_owned());
+            assert_eq!(page.next, next, "step {step}");
+            assert!(online.iter().eq(expected.keys().copied()));
         }
     }
 }
