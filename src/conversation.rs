@@ -26,6 +26,10 @@ pub struct Conversation {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub members: Vec<String>,
+    /// How many members there are, when `members` lists only the first of
+    /// them (the lobby, whose members are everyone online).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member_count: Option<usize>,
 }
 
 impl Conversation {
@@ -36,6 +40,15 @@ impl Conversation {
             kind: ConversationKind::Room,
             name: Some(name.to_owned()),
             members,
+            member_count: None,
+        }
+    }
+
+    /// The lobby, listing `first_members` of its `member_count` members.
+    pub fn lobby(first_members: Vec<String>, member_count: usize) -> Conversation {
+        Conversation {
+            member_count: Some(member_count),
+            ..Conversation::room(LOBBY, first_members)
         }
     }
 
@@ -46,6 +59,7 @@ impl Conversation {
             kind: ConversationKind::Dialog,
             name: None,
             members: Vec::from(members),
+            member_count: None,
         }
     }
 }

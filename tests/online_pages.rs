@@ -89,6 +89,12 @@ async fn a_join_into_a_big_lobby_lists_the_first_page_and_the_callers_status() {
     let synced = zed.get("/sync", &[]).await;
     assert_eq!(synced.status, 200, "{}", synced.text);
     assert_first_page(&synced.json, &online);
+    // /rooms/join of the lobby answers the same page, not everyone.
+    let lobby = zed.post("/rooms/join", &[("name", "lobby")]).await;
+    assert_eq!(lobby.status, 200, "{}", lobby.text);
+    let lobby = &lobby.json["conversation"];
+    assert_eq!(lobby["members"], json!(&online[..ONLINE_PAGE]));
+    assert_eq!(lobby["member_count"], online.len());
 }
 
 #[tokio::test]
@@ -195,6 +201,12 @@ async fn a_small_lobby_is_listed_whole() {
     let synced = bob.get("/sync", &[]).await;
     assert_eq!(synced.json["status"], "away");
     assert_eq!(synced.json["users"], joined["users"]);
+    let lobby = carol.post("/rooms/join", &[("name", "lobby")]).await;
+    assert_eq!(
+        lobby.json["conversation"],
+        json!({"id": "lobby", "kind": "room", "name": "lobby",
+               "members": ["ann", "bob", "carol"], "member_count": 3})
+    );
     let users = carol.get("/users", &[]).await;
     assert_eq!(users.json, json!({"users": joined["users"], "total": 3}));
 }

@@ -13,8 +13,9 @@ use super::keys::token_sha;
 use super::scripts::{self, Args, ClusterScript};
 use super::send::rate_args;
 use super::Cluster;
-use crate::conversation::{Conversation, LOBBY};
+use crate::conversation::Conversation;
 use crate::event::Event;
+use crate::hub::online::OnlineNames;
 use crate::hub::{valid_name, HubResult, Limited, PublishReport, Refusal};
 
 static DIALOG: LazyLock<ClusterScript> =
@@ -62,12 +63,12 @@ impl Cluster {
             .arg(burst);
         let answer = scripts::run(self.redis(), &JOIN_ROOM, &[], args).await?;
         let outcome = answer.first().map(scripts::text).unwrap_or_default();
-        let mut members: Vec<String> = answer.iter().skip(1).map(scripts::text).collect();
+        let members: Vec<String> = answer.iter().skip(1).map(scripts::text).collect();
         match outcome.as_str() {
             "limited" => Err(self.limited(Limited::RoomCreations, &answer)),
             "lobby" => {
-                members.sort_unstable();
-                Ok(Conversation::room(LOBBY, members))
+                let sha = token_sha(token);
+                self.online_list(&sha, None, OnlineNames::lobby).await
             }
             "room" => Ok(Conversation::room(name, members)),
             _ => {

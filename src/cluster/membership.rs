@@ -257,7 +257,7 @@ impl Cluster {
     /// node's copy is brought up to date with the changes since its version
     /// (`online.lua`), or read whole when Redis cannot tell them; `cut`
     /// runs while the copy is locked.
-    async fn online_list<T>(
+    pub(super) async fn online_list<T>(
         &self,
         sha: &str,
         at_least: Option<u64>,

@@ -249,7 +249,7 @@ impl Directory {
 
     /// The lobby's members are the online users.
     pub(super) fn lobby(&self) -> Conversation {
-        Conversation::room(LOBBY, self.online.iter().map(str::to_owned).collect())
+        self.online.lobby()
     }
 }
 

@@ -13,6 +13,8 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+use crate::config::ONLINE_PAGE;
+use crate::conversation::Conversation;
 use crate::event::Status;
 
 /// Sorted by name, without duplicates.
@@ -70,6 +72,13 @@ impl OnlineNames {
     /// `name`'s status, if it is online.
     pub fn status_of(&self, name: &str) -> Option<Status> {
         self.members.get(name).copied()
+    }
+
+    /// The lobby as /rooms/join answers it: its first `ONLINE_PAGE`
+    /// members (everyone online) and how many there are, as /join lists it.
+    pub fn lobby(&self) -> Conversation {
+        let first = self.iter().take(ONLINE_PAGE).map(str::to_owned).collect();
+        Conversation::lobby(first, self.len())
     }
 
     /// At most `limit` users in name order, after `after` (exclusive) or

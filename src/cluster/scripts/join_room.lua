@@ -1,7 +1,8 @@
 -- POST /rooms/join. ARGV: token sha (hex), room name (valid: checked in
 -- Rust), room-creation rate interval (ms, 0 for no limit), burst.
 --
--- Answers {'ok', 'lobby', NAME...} (the online users, for the lobby),
+-- Answers {'ok', 'lobby'} (the node lists the lobby from its copy of the
+-- online list: at most a page of it, never the whole hash),
 -- {'ok', 'room', MEMBER...} (the room after joining; unchanged if the user
 -- was in it already), or {'ok', 'limited', WAIT_MS} when creating it would
 -- exceed the user's room-creation rate.
@@ -13,10 +14,7 @@ if not user then
   return refuse('unknown_client')
 end
 if name == 'lobby' then
-  local online = redis.call('HKEYS', K_ONLINE)
-  table.insert(online, 1, 'lobby')
-  table.insert(online, 1, 'ok')
-  return online
+  return {'ok', 'lobby'}
 end
 local members_key = k_members(name)
 if redis.call('EXISTS', members_key) == 1 then
