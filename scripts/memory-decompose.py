@@ -163,7 +163,6 @@ def main():
             rec.wait()
 
     def snapshot(name):
-        stop_record()
         # Until jemalloc has purged what the stage freed (its decay is
         # gradual): RSS steady within 64 KiB over 2 s, 30 s at most.
         time.sleep(2)
@@ -174,6 +173,7 @@ def main():
             if abs(now - last) < 64:
                 break
             last = now
+        stop_record()
         stages.append((name, rss(pid), glibc_heap(pid, stderr_path)))
         print("stage %-7s RSS %s" % (name, stages[-1][1]), file=sys.stderr)
 
