@@ -146,8 +146,12 @@ def main():
 
     def record(stage):
         """MEM_PERF=1: every allocation and sized free of the server while
-        `stage` runs, with its call stack (uprobes on jemalloc's entry
-        points, set up by scripts/profile-issue17.sh TOOL=alloc)."""
+        `stage` runs, with its call stack, into OUT_PREFIX.STAGE.data for
+        scripts/alloc-sites.py. Needs uprobes on jemalloc's entry points,
+        set up once per binary, e.g.
+        perf probe -x target/release/parlor '_rjem_malloc size=%di:u64'
+        (and _rjem_mallocx, _rjem_calloc n=%di:u64 size=%si:u64,
+        _rjem_rallocx / _rjem_realloc / _rjem_sdallocx size=%si:u64)."""
         if not os.environ.get("MEM_PERF") or not prefix:
             return
         recording.append(subprocess.Popen(
