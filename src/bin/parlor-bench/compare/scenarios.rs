@@ -68,10 +68,13 @@ pub async fn throughput(ctx: &Ctx, first: u32, pairs: usize, sender_polls: bool)
         });
     }
     tokio::time::sleep(ctx.warmup).await;
+    // Markers for a profiler attached to the server (scripts/profile-issue17.sh).
+    eprintln!("compare: throughput measuring");
     let (count_start, cpu_start, me_start) = (exchanges.get(), ctx.probe.server(), ctx.probe.me());
     let started = Instant::now();
     tokio::time::sleep(ctx.throughput_duration).await;
     let (count_end, cpu_end, me_end) = (exchanges.get(), ctx.probe.server(), ctx.probe.me());
+    eprintln!("compare: throughput measured");
     let seconds = started.elapsed().as_secs_f64();
     let _ = stop.send(true);
     while set.join_next().await.is_some() {}
