@@ -26,7 +26,7 @@
 # (taskset), the nodes, parlor-bench and the samplers on the others.
 # APPENDFSYNC=everysec moves the AOF's fsync off Redis's thread, to tell
 # its cost from the scripts'.
-# Usage: [NODES=1] [PIN=1] [APPENDFSYNC=always] scripts/cluster-lobby-latency.sh [CLIENTS] [DURATION]
+# Usage: [NODES=1] [PIN=1 [SAMPLERS_WITH_REDIS=1]] [APPENDFSYNC=always] scripts/cluster-lobby-latency.sh [CLIENTS] [DURATION]
 #        (default 5000 pollers for 15s on 1 node; cargo build --release
 #        first; BIN=DIR takes parlor and parlor-bench from DIR instead of
 #        target/release, to compare two builds in one sitting; KEEP=DIR
@@ -45,6 +45,11 @@ if [[ ${PIN:-0} == 1 ]]; then
     redis_on=(taskset -c "$last")
     rest_on=(taskset -c "0-$((last - 1))")
 fi
+# The PING samplers' CPU: with the nodes (default), or, with
+# SAMPLERS_WITH_REDIS=1 and PIN=1, on Redis's CPU, so that a PING's round
+# trip does not include the sampler's own wait for a CPU the nodes keep busy.
+samplers_on=("${rest_on[@]}")
+if [[ ${SAMPLERS_WITH_REDIS:-0} == 1 ]]; then samplers_on=("${redis_on[@]}"); fi
 dir=$(mktemp -d /tmp/parlor-lobby-latency.XXXXXX)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 redis_port=$(free_port)
@@ -79,7 +84,7 @@ node_list=$(IFS=,; echo "${node_pids[*]}")
 redis-cli -p "$redis_port" config set slowlog-log-slower-than 1000 >/dev/null
 redis-cli -p "$redis_port" config set slowlog-max-len 100000 >/dev/null
 redis-cli -p "$redis_port" config set latency-monitor-threshold 1 >/dev/null
-"${rest_on[@]}" python3 -u -c '
+"${samplers_on[@]}" python3 -u -c '
 import socket, sys, time
 sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -92,7 +97,7 @@ while True:
 ' "$redis_port" >"$dir/latency.txt" &
 sampler=$!
 pids+=($sampler)
-"${rest_on[@]}" stdbuf -oL redis-cli -p "$redis_port" --latency-history -i 1 >"$dir/latency-history.txt" &
+"${samplers_on[@]}" stdbuf -oL redis-cli -p "$redis_port" --latency-history -i 1 >"$dir/latency-history.txt" &
 history=$!
 pids+=($history)
 redis_cpu() { redis-cli -p "$redis_port" info cpu | tr -d '\r' |
@@ -135,6 +140,7 @@ q = lambda v, p: sorted(v)[min(len(v) - 1, int(p * len(v)))]
 fanout = json.load(open(f"{dir}/fanout.json"))
 print(f"parlor-bench fanout, {clients} pollers over {nodes} node(s)"
       + (", redis-server pinned to a CPU of its own" if pin == "1" else "")
+      + (" (the PING samplers on it too)" if __import__('os').environ.get('SAMPLERS_WITH_REDIS') == "1" else "")
       + f", appendfsync {__import__('os').environ.get('APPENDFSYNC', 'always')}:", json.dumps(fanout))
 cpu = lambda name: float(open(f"{dir}/cpu-{name}").read())
 print(f"Redis CPU (user+sys): joins {cpu('joined') - cpu('start'):.1f} s, "
