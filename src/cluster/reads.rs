@@ -36,8 +36,8 @@ pub const BATCH: usize = 8;
 /// for all of it before answering, so two batches share each sync; and a
 /// command of another client waits behind at most `BATCH` × `IN_FLIGHT`
 /// reads per node, about 0.7 ms each node: with 32 × 4, a PING waited
-/// 12–15 ms at the median during a lobby message to 5 000 over 3 nodes,
-/// with 8 × 2 about 2.5 ms, for a fan-out about a quarter slower
+/// 13–15 ms at the median during a lobby message to 5 000 over 3 nodes,
+/// with 8 × 2 about 3 ms, for a fan-out a quarter to a third slower
 /// (docs/performance.md, 2026-12-08).
 pub const IN_FLIGHT: usize = 2;
 
