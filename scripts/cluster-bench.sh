@@ -21,12 +21,13 @@
 # figure; with KEEP=DIR the raw JSON, logs and commands are copied there.
 # Usage: scripts/cluster-bench.sh [FANOUT] [DURATION]
 #        (default 5000 pollers, 10s per run; about 5 minutes in all;
-#        cargo build --release --bin parlor --bin parlor-bench first)
+#        cargo build --release --bin parlor --bin parlor-bench first;
+#        BIN=DIR takes both from DIR instead of target/release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fanout=${1:-5000}
 duration=${2:-10s}
-bin=target/release
+bin=${BIN:-target/release}
 dir=$(mktemp -d /tmp/parlor-cluster-bench.XXXXXX)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pids=()

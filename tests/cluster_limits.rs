@@ -1,14 +1,16 @@
 //! Cluster mode's /join limits hold across nodes: wrong passwords for one
-//! name from one address, and sign-ups from one address, spread over two
-//! nodes are refused at single-node's budget, not at twice it, and so
-//! are one client process's /status calls.
+//! name from one address, sign-ups from one address and bad join JWTs
+//! from one address, spread over two nodes, are refused at single-node's
+//! budget, not at twice it, and so are one client process's /status calls.
 
 mod cluster_support;
 
 use std::time::{Duration, Instant};
 
 use cluster_support::{node_config, Node, Redis};
-use parlor::config::{PASSWORD_FAILURES_PER_MINUTE, STATUS_BURST};
+use jsonwebtoken::{encode, get_current_timestamp, Algorithm, EncodingKey, Header};
+use parlor::config::{BAD_JOIN_TOKENS_PER_MINUTE, PASSWORD_FAILURES_PER_MINUTE, STATUS_BURST};
+use serde_json::json;
 
 /// Posts `fields` to /join on each node in turn until an answer is not
 /// `expected`: that answer, and how many were `expected` before it.
@@ -109,4 +111,43 @@ async fn status_changes_spread_over_two_nodes_share_one_budget() {
     );
     assert_eq!(status, 429, "{json}");
     assert_eq!(json["error"], "rate_limited", "{json}");
+}
+
+/// An HS256 join JWT for `sub`, signed with `secret`, valid for an hour.
+fn join_jwt(secret: &str, sub: &str) -> String {
+    let claims = json!({"sub": sub, "exp": get_current_timestamp() + 3600});
+    let key = EncodingKey::from_secret(secret.as_bytes()).unwrap();
+    encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+}
+
+#[tokio::test]
+async fn bad_join_tokens_spread_over_two_nodes_share_one_budget() {
+    const SECRET: &str = "the-backend-and-the-nodes-share-this-32+-byte-secret";
+    let redis = Redis::start();
+    let mut config = node_config(&redis.url(), Duration::from_secs(30));
+    config.join_secret = Some(SECRET.to_owned());
+    let a = Node::start_with(config.clone()).await;
+    let b = Node::start_with(config).await;
+    let bad = join_jwt("not the secret, but long enough too, 32+ bytes", "ann");
+    let started = Instant::now();
+    let (refused, status, json) =
+        until_refused(&[&a, &b], 401, |_| vec![("auth", bad.clone())]).await;
+    // 30 a minute refill one every 2 s: per node it would be twice that.
+    let budget = BAD_JOIN_TOKENS_PER_MINUTE as usize;
+    let most = budget + started.elapsed().as_secs() as usize / 2 + 1;
+    assert!(
+        (budget..=most).contains(&refused),
+        "{refused} bad tokens before the refusal"
+    );
+    assert_eq!(status, 429, "{json}");
+    assert_eq!(json["error"], "rate_limited", "{json}");
+    // The bucket is empty on both nodes, yet a valid token joins on each.
+    for (node, name) in [(&a, "ann"), (&b, "bob")] {
+        let good = join_jwt(SECRET, name);
+        let (status, json) = node.post("/join", &[("auth", good.as_str())]).await;
+        assert_eq!(status, 200, "{json}");
+        assert_eq!(json["user"], name, "{json}");
+        let (status, json) = node.post("/join", &[("auth", bad.as_str())]).await;
+        assert_eq!(status, 429, "{json}");
+    }
 }

@@ -66,8 +66,8 @@ async fn join_with(server: &TestServer, jwt: &str) -> Answer {
     server.post("/join", &[("auth", jwt)]).await
 }
 
-/// POST /join to the first node: in cluster mode each node limits bad
-/// tokens on its own.
+/// POST /join to the first node (in cluster mode the limit of bad tokens
+/// is shared by every node: `tests/cluster_limits.rs` spreads them).
 async fn join_on_first_node(server: &TestServer, jwt: &str) -> Answer {
     let form = common::encode_form(&[("auth", jwt)]);
     common::request_to(

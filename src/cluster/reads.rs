@@ -28,15 +28,18 @@ use crate::hub::HubResult;
 script!(READ, "read");
 
 /// Most polls one script reads: a woken poll that copies a lobby message
-/// and acknowledges costs Redis 20–80 µs, so a batch takes it about a
-/// millisecond.
-pub const BATCH: usize = 32;
+/// and acknowledges costs Redis 35–45 µs, so a batch takes it about a third
+/// of a millisecond.
+pub const BATCH: usize = 8;
 /// Most read scripts of one node in Redis at once. Redis runs what has
-/// arrived, then syncs its AOF once for all of it before answering: a few
-/// batches share each sync (a lone script per round trip would pay one
-/// sync per batch), and what runs between two PINGs of another client stays
-/// a few milliseconds (docs/performance.md).
-pub const IN_FLIGHT: usize = 4;
+/// arrived, then writes (and with `appendfsync always` syncs) its AOF once
+/// for all of it before answering, so two batches share each sync; and a
+/// command of another client waits behind at most `BATCH` × `IN_FLIGHT`
+/// reads per node, about 0.7 ms each node: with 32 × 4, a PING waited
+/// 13–15 ms at the median during a lobby message to 5 000 over 3 nodes,
+/// with 8 × 2 about 3 ms, for a fan-out a quarter to a third slower
+/// (docs/performance.md, 2026-12-08).
+pub const IN_FLIGHT: usize = 2;
 
 /// One poll's read, as `read.lua` takes it.
 pub struct ReadRequest {
