@@ -1,11 +1,12 @@
 //! The `parlor` binary: parse flags, set up logging, open the store, bind,
 //! announce the address, serve until Ctrl-C or SIGTERM.
 
-use std::io::{IsTerminal, Write};
+use std::io::{BufWriter, IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
 use tokio::net::{TcpListener, TcpSocket};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use parlor::config::LogFormat;
@@ -38,7 +39,8 @@ fn main() -> ExitCode {
         eprintln!("parlor: {error}");
         return ExitCode::FAILURE;
     }
-    init_logging(config.log_format);
+    // Flushes the log's last lines when main returns.
+    let _log_flushed_on_drop = init_logging(config.log_format);
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -50,17 +52,31 @@ fn main() -> ExitCode {
     runtime.block_on(serve(config))
 }
 
-/// Logs to stderr at RUST_LOG's levels (default `info`). Colour codes only
-/// reach a terminal: in a file or a journal they would be noise.
-fn init_logging(format: LogFormat) {
+/// Lines waiting for the log's writer thread, at most; a request that logs
+/// when they are all waiting waits too (nothing is dropped).
+const LOG_QUEUE_LINES: usize = 65_536;
+
+/// Logs to stderr at RUST_LOG's levels (default `info`), from a thread of
+/// its own: a request never waits on a slow stderr (a pipe to a busy
+/// journal, a disk), and lines that queue up while it writes go out in one
+/// `write`. Colour codes only reach a terminal: in a file or a journal they
+/// would be noise.
+fn init_logging(format: LogFormat) -> WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, flushed_on_drop) = NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("parlor-log")
+        .finish(BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    parlor::access_log::write_to(format == LogFormat::Json, writer.clone());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().with_ansi(false).init(),
     }
+    flushed_on_drop
 }
 
 async fn serve(config: Config) -> ExitCode {
