@@ -78,14 +78,30 @@ impl Nginx {
     }
 
     /// nginx on 127.0.0.1 with `http` (given the port to listen on) inside
-    /// its `http` block.
-    fn start_with(http: impl FnOnce(u16) -> String) -> Nginx {
+    /// its `http` block. A free port can be taken by another test between
+    /// our finding it and nginx binding it; nginx then exits, and it is
+    /// started again on another port.
+    fn start_with(http: impl Fn(u16) -> String) -> Nginx {
         let nginx = binary();
         assert!(
             nginx.exists(),
             "{} is missing: install Debian's nginx (scripts/test.sh does)",
             nginx.display()
         );
+        let mut attempt = 1;
+        loop {
+            let mut started = Nginx::spawn(&nginx, &http);
+            match started.wait_until_listening() {
+                Ok(()) => return started,
+                Err(log) if log.contains("Address already in use") && attempt < 5 => {
+                    attempt += 1;
+                }
+                Err(log) => panic!("nginx did not start: {log}"),
+            }
+        }
+    }
+
+    fn spawn(nginx: &Path, http: &impl Fn(u16) -> String) -> Nginx {
         let dir = std::env::temp_dir().join(format!(
             "parlor-nginx-{}-{}",
             std::process::id(),
@@ -113,7 +129,7 @@ impl Nginx {
             http = http(port),
         );
         std::fs::write(dir.join("nginx.conf"), conf).expect("write nginx.conf");
-        let process = Command::new(&nginx)
+        let process = Command::new(nginx)
             .arg("-p")
             .arg(&dir)
             .arg("-e")
@@ -126,17 +142,24 @@ impl Nginx {
             .spawn()
             .expect("start nginx");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("an address");
-        let mut nginx = Nginx { addr, process, dir };
-        nginx.wait_until_listening();
-        nginx
+        Nginx { addr, process, dir }
     }
 
-    fn wait_until_listening(&mut self) {
+    /// Waits until this nginx serves its port, or says why it exited (its
+    /// error log). nginx writes its pid file only once it has bound its
+    /// port: a connection that succeeds before then may be to another
+    /// process on the same port, so it does not count.
+    fn wait_until_listening(&mut self) -> Result<(), String> {
         let started = Instant::now();
-        while std::net::TcpStream::connect(self.addr).is_err() {
+        loop {
             if let Ok(Some(status)) = self.process.try_wait() {
                 let log = std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default();
-                panic!("nginx exited with {status}: {log}");
+                return Err(format!("nginx exited with {status}: {log}"));
+            }
+            if self.dir.join("nginx.pid").exists()
+                && std::net::TcpStream::connect(self.addr).is_ok()
+            {
+                return Ok(());
             }
             assert!(
                 started.elapsed() < Duration::from_secs(20),
