@@ -170,15 +170,12 @@ local function set_presence(user, status)
   return true
 end
 
--- Takes a token from the bucket at `key` (the generic cell rate algorithm
--- of crate::limits, by Redis's clock, so one bucket serves every node): at
--- most `burst` at once, then one every `interval` µs; 0 means no limit.
--- The key holds when the bucket is full again and expires then. Returns
--- false when taken, or the ms to wait before a take would succeed.
-local function take_rate(key, interval, burst)
-  if interval <= 0 then
-    return false
-  end
+-- The bucket at `key` (the generic cell rate algorithm of crate::limits,
+-- by Redis's clock, so one bucket serves every node): at most `burst`
+-- tokens at once, then one every `interval` µs. Returns the ms to wait
+-- before a take would succeed; or false, with what the key would hold
+-- after a take now (when the bucket is full again) and Redis's time in µs.
+local function rate_peek(key, interval, burst)
   local now = redis.call('TIME')
   local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
   local full_at = tonumber(redis.call('GET', key) or 0)
@@ -190,6 +187,20 @@ local function take_rate(key, interval, burst)
   if over > 0 then
     return math.ceil(over / 1000)
   end
+  return false, after, now_us
+end
+
+-- Takes a token from the bucket at `key` (see rate_peek); an `interval`
+-- of 0 means no limit. The key holds when the bucket is full again and
+-- expires then. Returns false when taken, or the ms to wait.
+local function take_rate(key, interval, burst)
+  if interval <= 0 then
+    return false
+  end
+  local wait, after, now_us = rate_peek(key, interval, burst)
+  if wait then
+    return wait
+  end
   redis.call('SET', key, int(after), 'PX', int(math.ceil((after - now_us) / 1000)))
   return false
 end
@@ -200,17 +211,7 @@ local function rate_wait(key, interval, burst)
   if interval <= 0 then
     return false
   end
-  local now = redis.call('TIME')
-  local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
-  local full_at = tonumber(redis.call('GET', key) or 0)
-  if full_at < now_us then
-    full_at = now_us
-  end
-  local over = full_at + interval - now_us - burst * interval
-  if over > 0 then
-    return math.ceil(over / 1000)
-  end
-  return false
+  return (rate_peek(key, interval, burst))
 end
 
 -- JSON string literal of a plain name (names are [A-Za-z0-9_.-] and
